@@ -1,0 +1,1 @@
+"""`make bench`: throughput and latency figures against the DESIGN.md budgets."""

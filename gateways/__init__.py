@@ -1,0 +1,1 @@
+"""Every edge with I/O: Postgres, NATS, HTTP, CLI, embedded servers, and the wiring."""

@@ -1,0 +1,1 @@
+"""The HTTP app: ingest endpoints and the read/command API."""

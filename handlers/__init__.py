@@ -1,0 +1,1 @@
+"""Application layer: command handlers and subscribed event handlers."""

@@ -1,0 +1,144 @@
+"""What the application layer needs from the event store, as protocols and value types."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, TypeVar
+from uuid import UUID
+
+from domain.base import Aggregate, DomainEvent
+
+
+class StoreError(Exception):
+    """Base of the errors a command can get back from the store."""
+
+
+class ConcurrencyConflict(StoreError):
+    """An aggregate changed since the command loaded it; nothing of the command was written."""
+
+
+class ReservationTaken(StoreError):
+    """An exclusive key (a name, a token hash) is already held by another owner."""
+
+    def __init__(self, key: str, holder: UUID) -> None:
+        super().__init__(f"{key!r} is already taken")
+        self.key = key
+        self.holder = holder
+
+
+class TrackingConflict(StoreError):
+    """A consumer tried to record a position at or below the one it already recorded."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Claim a unique key for `owner` in the append's transaction.
+
+    A shared claim never fails: the first owner keeps the key and later claimants learn
+    who holds it (duplicate detection). An exclusive claim fails the command instead.
+    """
+
+    key: str
+    owner: UUID
+    exclusive: bool = False
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What the store decided inside the transaction: key holders and counter values."""
+
+    holders: Mapping[str, UUID] = field(default_factory=dict)
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+    def holder(self, key: str) -> UUID:
+        return self.holders[key]
+
+    def counter(self, name: str) -> int:
+        return self.counters[name]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A consumer's position, recorded atomically with the command's events."""
+
+    consumer: str
+    position: int
+
+
+@dataclass
+class Append:
+    """One command's writes: appended atomically, or not at all.
+
+    `events` are known up front; `build` is called inside the transaction with the
+    allocation when the events depend on it (a request number, who holds an email).
+    `expect` gives the version each aggregate touched by `build` had when loaded
+    (0 for a new one); for `events` the versions are read off the events themselves.
+    """
+
+    workspace_id: UUID | None
+    events: Sequence[DomainEvent] = ()
+    build: Callable[[Allocation], Sequence[DomainEvent]] | None = None
+    expect: Mapping[UUID, int] = field(default_factory=dict)
+    claims: Sequence[Claim] = ()
+    releases: Sequence[str] = ()
+    counters: Sequence[str] = ()
+    checkpoint: Checkpoint | None = None
+
+
+@dataclass(frozen=True)
+class Appended:
+    """The outcome of one successful append."""
+
+    events: Sequence[DomainEvent]
+    positions: Sequence[int]
+    allocation: Allocation
+
+    @property
+    def position(self) -> int:
+        """The log position of the command's last event (0 when it wrote none)."""
+        return self.positions[-1] if self.positions else 0
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """A committed event as consumers see it: the domain event plus its place in the log."""
+
+    position: int
+    event_id: UUID
+    workspace_id: UUID | None
+    event_type: str
+    recorded_at: datetime
+    event: DomainEvent
+
+
+A = TypeVar("A", bound=Aggregate)
+
+
+class EventStore(Protocol):
+    """The durable log, as command handlers, projections and handlers use it."""
+
+    async def append(self, append: Append) -> Appended: ...
+
+    async def load(
+        self,
+        cls: type[A],
+        aggregate_id: UUID,
+        *,
+        version: int | None = None,
+        at: datetime | None = None,
+        position: int | None = None,
+    ) -> A | None: ...
+
+    async def holder(self, key: str) -> UUID | None: ...
+
+    async def read(
+        self, after: int, limit: int, event_types: Sequence[str] | None = None
+    ) -> Sequence[LoggedEvent]: ...
+
+    async def history(self, aggregate_id: UUID) -> Sequence[LoggedEvent]: ...
+
+    def follow(self, after: int, batch_size: int = 500) -> AsyncIterator[Sequence[LoggedEvent]]: ...
+
+    async def max_position(self) -> int: ...

@@ -1,0 +1,1 @@
+"""Tests: unit, integration against real Postgres and NATS, end to end."""

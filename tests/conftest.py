@@ -1,0 +1,83 @@
+"""Test servers and isolation: real PostgreSQL and NATS, one schema and subject prefix per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from gateways.database import open_pool
+from gateways.event_store import PostgresEventStore
+from gateways.log_store import PostgresLog
+
+
+@dataclass(frozen=True)
+class Servers:
+    database_url: str
+    nats_url: str
+
+
+def _start_servers(base: Path) -> Iterator[Servers]:
+    database_url = os.environ.get("LEADLOG_TEST_DATABASE_URL")
+    nats_url = os.environ.get("LEADLOG_TEST_NATS_URL")
+    if database_url and nats_url:
+        yield Servers(database_url, nats_url)
+        return
+    from gateways.embedded import EmbeddedStack
+
+    with EmbeddedStack(base / "stack") as stack:
+        info = stack.start()
+        yield Servers(database_url or info.database_url, nats_url or info.nats_url)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """This machine's servers when LEADLOG_TEST_* are set, otherwise a private embedded stack."""
+    yield from _start_servers(tmp_path_factory.mktemp("servers"))
+
+
+@pytest.fixture
+def schema_name() -> str:
+    return f"t_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def nats_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def pool(servers: Servers, schema_name: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await open_pool(servers.database_url, schema_name, min_size=1, max_size=10)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        await drop_schema(servers.database_url, schema_name)
+
+
+async def drop_schema(database_url: str, schema: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def log(pool: asyncpg.Pool, schema_name: str) -> AsyncIterator[PostgresLog]:
+    log = PostgresLog(pool, schema_name, poll_interval=0.2)
+    try:
+        yield log
+    finally:
+        await log.close()
+
+
+@pytest.fixture
+def store(log: PostgresLog) -> PostgresEventStore:
+    return PostgresEventStore(log)
