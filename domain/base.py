@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate as LibraryAggregate
@@ -30,6 +31,10 @@ class Aggregate(LibraryAggregate):
 
     class Created(Event, CanInitAggregate[UUID]):
         originator_topic: str
+
+    def collect_events(self) -> Sequence[DomainEvent]:  # type: ignore[override]
+        """The new events, typed as the pydantic events they are."""
+        return cast(Sequence[DomainEvent], super().collect_events())
 
 
 _CAMEL_BOUNDARY = re.compile(r"(?<!^)(?=[A-Z])")

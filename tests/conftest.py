@@ -9,11 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
+from gateways.bootstrap import Engine, start_engine
 from gateways.database import open_pool
+from gateways.embedded import EmbeddedStack
 from gateways.event_store import PostgresEventStore
+from gateways.http.app import create_app
 from gateways.log_store import PostgresLog
+from gateways.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -28,8 +33,6 @@ def _start_servers(base: Path) -> Iterator[Servers]:
     if database_url and nats_url:
         yield Servers(database_url, nats_url)
         return
-    from gateways.embedded import EmbeddedStack
-
     with EmbeddedStack(base / "stack") as stack:
         info = stack.start()
         yield Servers(database_url or info.database_url, nats_url or info.nats_url)
@@ -81,3 +84,41 @@ async def log(pool: asyncpg.Pool, schema_name: str) -> AsyncIterator[PostgresLog
 @pytest.fixture
 def store(log: PostgresLog) -> PostgresEventStore:
     return PostgresEventStore(log)
+
+
+ADMIN_TOKEN = "test-operator-token"
+
+
+@pytest.fixture
+def settings(schema_name: str, nats_prefix: str) -> Settings:
+    return Settings(
+        database_schema=schema_name,
+        nats_prefix=nats_prefix,
+        admin_token=ADMIN_TOKEN,
+        max_body_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+async def engine(servers: Servers, settings: Settings) -> AsyncIterator[Engine]:
+    engine = await start_engine(settings, servers.database_url, servers.nats_url, ADMIN_TOKEN)
+    try:
+        yield engine
+    finally:
+        await engine.close()
+        await drop_schema(servers.database_url, settings.database_schema)
+
+
+@pytest.fixture
+async def client(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the real app (real Postgres and NATS behind it)."""
+    transport = httpx.ASGITransport(app=create_app(engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://leadlog.test") as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+OPERATOR = bearer(ADMIN_TOKEN)

@@ -13,7 +13,7 @@ from eventsourcing.tests.persistence import (
     TrackingRecorderTestCase,
 )
 
-from tests.conftest import Servers
+from tests.conftest import Servers, drop_schema
 from tests.sync_recorder import LoopThread, SyncRecorder
 
 
@@ -30,8 +30,6 @@ class _UsesOurStore:
         self.runner = LoopThread()
         self.recorders = []
         yield
-        from tests.conftest import drop_schema
-
         for recorder in self.recorders:
             recorder.close()
             self.runner.run(drop_schema(servers.database_url, recorder.log.schema))

@@ -1,0 +1,108 @@
+"""Workspaces, their API tokens, and the roles that grant permissions."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from uuid import UUID
+
+from eventsourcing.domain import event
+
+from domain.base import Aggregate
+
+
+class Permission(StrEnum):
+    LEADS_VIEW = "leads:view"
+    LEADS_MANAGE = "leads:manage"
+
+
+class Role(StrEnum):
+    SUPER_ADMIN = "super_admin"
+    ADMIN = "admin"
+    MANAGER = "manager"
+    MARKETER = "marketer"
+    VIEWER = "viewer"
+
+
+# Everyone in a workspace may look at its leads; only viewers may not change them.
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.SUPER_ADMIN: frozenset(Permission),
+    Role.ADMIN: frozenset(Permission),
+    Role.MANAGER: frozenset(Permission),
+    Role.MARKETER: frozenset(Permission),
+    Role.VIEWER: frozenset({Permission.LEADS_VIEW}),
+}
+
+MAX_NAME_LENGTH = 200
+
+
+class InvalidName(ValueError):
+    """A name that is empty, too long, or holds control characters."""
+
+
+def clean_name(name: str, what: str = "name") -> str:
+    """Trimmed and checked: 1 to 200 printable characters."""
+    cleaned = name.strip()
+    if not cleaned:
+        raise InvalidName(f"{what} must not be empty")
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise InvalidName(f"{what} must be at most {MAX_NAME_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in cleaned):
+        raise InvalidName(f"{what} must not contain control characters")
+    return cleaned
+
+
+class Workspace(Aggregate):
+    """A tenant: every lead, pipeline and token belongs to exactly one workspace."""
+
+    class Created(Aggregate.Created):
+        name: str
+        default_region: str
+
+    class Renamed(Aggregate.Event):
+        name: str
+
+    @event(Created)
+    def __init__(self, name: str, default_region: str = "US") -> None:
+        self.name = name
+        self.default_region = default_region
+
+    @event(Renamed)
+    def rename(self, name: str) -> None:
+        self.name = name
+
+
+class ApiToken(Aggregate):
+    """A bearer token for one workspace; only the SHA-256 of its secret is ever stored."""
+
+    class Issued(Aggregate.Created):
+        workspace_id: UUID
+        role: Role
+        token_hash: str
+        name: str
+        hint: str
+
+    class Revoked(Aggregate.Event):
+        pass
+
+    @event(Issued)
+    def __init__(
+        self, workspace_id: UUID, role: Role, token_hash: str, name: str, hint: str
+    ) -> None:
+        self.workspace_id = workspace_id
+        self.role = role
+        self.token_hash = token_hash
+        self.name = name
+        self.hint = hint
+        self.revoked = False
+
+    @property
+    def permissions(self) -> frozenset[Permission]:
+        return frozenset() if self.revoked else ROLE_PERMISSIONS[self.role]
+
+    def revoke(self) -> None:
+        if not self.revoked:
+            self._revoked()
+
+    @event(Revoked)
+    def _revoked(self) -> None:
+        self.revoked = True

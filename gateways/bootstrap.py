@@ -1,0 +1,96 @@
+"""The composition root: connects to Postgres and NATS and wires the store, handlers and app."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import asyncpg
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+
+from gateways.database import open_pool
+from gateways.event_store import PostgresEventStore
+from gateways.log_store import PostgresLog
+from gateways.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Engine:
+    """Everything a running leadlog process holds; built by `start_engine`, closed by `close`."""
+
+    settings: Settings
+    database_url: str
+    nats_url: str
+    pool: asyncpg.Pool
+    log: PostgresLog
+    store: PostgresEventStore
+    nats: NatsClient
+    admin_token: str | None
+    _closed: bool = field(default=False, repr=False)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.log.close()
+        if not self.nats.is_closed:
+            await self.nats.drain()
+        await self.pool.close()
+
+
+async def connect_nats(url: str, name: str = "leadlog") -> NatsClient:
+    """A NATS connection that keeps reconnecting forever once it has connected."""
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+    )
+
+
+async def start_engine(
+    settings: Settings, database_url: str, nats_url: str, admin_token: str | None
+) -> Engine:
+    pool = await open_pool(database_url, settings.database_schema, max_size=20)
+    try:
+        nc = await connect_nats(nats_url)
+    except BaseException:
+        await pool.close()
+        raise
+    event_log = PostgresLog(pool, settings.database_schema)
+    return Engine(
+        settings=settings,
+        database_url=database_url,
+        nats_url=nats_url,
+        pool=pool,
+        log=event_log,
+        store=PostgresEventStore(event_log),
+        nats=nc,
+        admin_token=admin_token,
+    )
+
+
+async def check_postgres(pool: asyncpg.Pool, timeout: float = 2.0) -> str | None:
+    """None when Postgres answers, else what went wrong."""
+    try:
+        await asyncio.wait_for(pool.fetchval("SELECT 1"), timeout)
+    except Exception as error:
+        return repr(error)
+    return None
+
+
+async def check_nats(nc: NatsClient, timeout: int = 2) -> str | None:
+    """None when NATS answers a round trip, else what went wrong."""
+    if not nc.is_connected:
+        return "not connected"
+    try:
+        await nc.flush(timeout=timeout)
+    except Exception as error:
+        return repr(error)
+    return None

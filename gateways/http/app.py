@@ -1,0 +1,43 @@
+"""Builds the FastAPI application around a running Engine."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+
+from gateways.bootstrap import Engine, check_nats, check_postgres
+from gateways.http import workspaces
+from gateways.http.errors import JsonResponse, install_error_handlers
+from gateways.http.middleware import BodyLimit, RequestContext
+
+
+def create_app(engine: Engine) -> FastAPI:
+    app = FastAPI(
+        title="leadlog",
+        version="0.1.0",
+        description="Event-sourced lead processing engine.",
+    )
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=engine.settings.max_body_bytes)
+    app.add_middleware(RequestContext)
+    app.include_router(workspaces.router)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz(request: Request) -> JsonResponse:
+        """Whether PostgreSQL and NATS answer, by name; 503 when either does not."""
+        running: Engine = request.app.state.engine
+        problems = {
+            "postgres": await check_postgres(running.pool),
+            "nats": await check_nats(running.nats),
+        }
+        checks = {
+            name: {"ok": problem is None, **({"error": problem} if problem else {})}
+            for name, problem in problems.items()
+        }
+        healthy = all(problem is None for problem in problems.values())
+        return JsonResponse(
+            {"status": "ok" if healthy else "unavailable", "checks": checks},
+            status_code=200 if healthy else 503,
+        )
+
+    return app

@@ -1,0 +1,55 @@
+"""Bearer-token authentication and permission checks as FastAPI dependencies."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from uuid import UUID
+
+from fastapi import Request
+
+from domain.workspaces import Permission
+from gateways.bootstrap import Engine
+from gateways.http.errors import ApiError
+from handlers.workspaces import Principal, authenticate
+
+
+def engine_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+async def principal(request: Request) -> Principal:
+    """The caller; 401 with the same answer for a missing, unknown or revoked token."""
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise ApiError(401, "unauthorized", "a Bearer token is required")
+    engine = engine_of(request)
+    found = await authenticate(engine.store, presented.strip(), engine.admin_token)
+    if found is None:
+        raise ApiError(401, "unauthorized", "the token is not valid")
+    return found
+
+
+def requires(permission: Permission) -> Callable[[Request], Awaitable[Principal]]:
+    async def check(request: Request) -> Principal:
+        caller = await principal(request)
+        if not caller.can(permission):
+            raise ApiError(403, "forbidden", f"this token lacks the {permission} permission")
+        return caller
+
+    return check
+
+
+async def operator(request: Request) -> Principal:
+    caller = await principal(request)
+    if not caller.is_operator:
+        raise ApiError(403, "forbidden", "only the operator token may do this")
+    return caller
+
+
+def scoped_workspace(caller: Principal, workspace_id: UUID) -> UUID:
+    """The workspace a request may touch: its token's own; another's looks like a missing one."""
+    if caller.is_operator or caller.workspace_id == workspace_id:
+        return workspace_id
+    raise ApiError(404, "not_found", f"workspace {workspace_id} does not exist")

@@ -1,0 +1,103 @@
+"""The JSON error envelope `{"error": {"code", "message", "details"}}` and its handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from domain.workspaces import InvalidName
+from handlers.ports import ConcurrencyConflict, ReservationTaken
+from handlers.workspaces import TokenNotFound, WorkspaceNotFound
+
+log = structlog.get_logger(__name__)
+
+
+class ApiError(Exception):
+    """Raised by routes for any 4xx the client should see."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class JsonResponse(Response):
+    """JSON rendered by orjson (UUIDs and datetimes included)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> JsonResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JsonResponse(body, status_code=status)
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, error: ApiError) -> JsonResponse:
+        return error_response(error.status, error.code, error.message, error.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JsonResponse:
+        problems = [
+            {
+                "location": list(e.get("loc", ())),
+                "message": e.get("msg", ""),
+                "type": e.get("type", ""),
+            }
+            for e in error.errors()
+        ]
+        if any(p["type"] == "json_invalid" for p in problems):
+            return error_response(400, "malformed_json", "the body is not valid JSON", problems)
+        return error_response(422, "validation_failed", "the request is not valid", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JsonResponse:
+        code = _STATUS_CODES.get(error.status_code, "http_error")
+        return error_response(error.status_code, code, str(error.detail))
+
+    @app.exception_handler(InvalidName)
+    async def invalid_name(_: Request, error: InvalidName) -> JsonResponse:
+        return error_response(422, "validation_failed", str(error))
+
+    @app.exception_handler(WorkspaceNotFound)
+    @app.exception_handler(TokenNotFound)
+    async def not_found(_: Request, error: LookupError) -> JsonResponse:
+        return error_response(404, "not_found", str(error))
+
+    @app.exception_handler(ConcurrencyConflict)
+    async def conflict(_: Request, error: ConcurrencyConflict) -> JsonResponse:
+        return error_response(409, "conflict", str(error))
+
+    @app.exception_handler(ReservationTaken)
+    async def taken(_: Request, error: ReservationTaken) -> JsonResponse:
+        return error_response(409, "already_exists", str(error))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JsonResponse:
+        log.exception("unhandled error", error=repr(error))
+        return error_response(500, "internal_error", "an unexpected error occurred")

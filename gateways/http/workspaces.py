@@ -1,0 +1,116 @@
+"""Routes for workspaces and their API tokens (`/v1/workspaces`, `/v1/me`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from domain.workspaces import Role
+from gateways.http.auth import engine_of, operator, principal, scoped_workspace
+from gateways.http.errors import ApiError
+from handlers import workspaces as commands
+from handlers.workspaces import Principal
+
+router = APIRouter(prefix="/v1", tags=["workspaces"])
+
+Caller = Annotated[Principal, Depends(principal)]
+Operator = Annotated[Principal, Depends(operator)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CreateWorkspace(Body):
+    name: str = Field(min_length=1, max_length=200)
+    default_region: str = Field(
+        default="US",
+        alias="defaultRegion",
+        pattern="^[A-Z]{2}$",
+        description="ISO 3166 region used to read phone numbers without a country code",
+    )
+
+
+class CreateToken(Body):
+    role: Role
+    name: str = Field(default="api", min_length=1, max_length=200)
+
+
+def workspace_json(view: commands.WorkspaceView) -> dict[str, object]:
+    return {"id": str(view.id), "name": view.name, "defaultRegion": view.default_region}
+
+
+@router.post("/workspaces", status_code=201)
+async def create_workspace(
+    body: CreateWorkspace, request: Request, _: Operator
+) -> dict[str, object]:
+    engine = engine_of(request)
+    created = await commands.create_workspace(engine.store, body.name, body.default_region)
+    view = await commands.get_workspace(engine.store, created.id)
+    return {**workspace_json(view), "position": created.position}
+
+
+@router.get("/workspaces")
+async def list_workspaces(request: Request, caller: Caller) -> dict[str, object]:
+    engine = engine_of(request)
+    if caller.is_operator:
+        views = await commands.list_workspaces(engine.store)
+    else:
+        assert caller.workspace_id is not None
+        views = [await commands.get_workspace(engine.store, caller.workspace_id)]
+    return {"items": [workspace_json(v) for v in views], "total": len(views)}
+
+
+@router.get("/workspaces/{workspace_id}")
+async def get_workspace(workspace_id: UUID, request: Request, caller: Caller) -> dict[str, object]:
+    scoped = scoped_workspace(caller, workspace_id)
+    return workspace_json(await commands.get_workspace(engine_of(request).store, scoped))
+
+
+# Workspace admins may mint tokens for their own workspace, never above their own role.
+_MAY_ISSUE: dict[Role | None, set[Role]] = {
+    None: set(Role),
+    Role.SUPER_ADMIN: set(Role),
+    Role.ADMIN: set(Role) - {Role.SUPER_ADMIN},
+}
+
+
+@router.post("/workspaces/{workspace_id}/tokens", status_code=201)
+async def create_token(
+    workspace_id: UUID, body: CreateToken, request: Request, caller: Caller
+) -> dict[str, object]:
+    scoped = scoped_workspace(caller, workspace_id)
+    if body.role not in _MAY_ISSUE.get(caller.role, set()):
+        raise ApiError(403, "forbidden", f"this token may not issue {body.role} tokens")
+    issued = await commands.issue_token(engine_of(request).store, scoped, body.role, body.name)
+    return {
+        "id": str(issued.id),
+        "token": issued.token,
+        "workspaceId": str(issued.workspace_id),
+        "role": issued.role,
+        "position": issued.position,
+    }
+
+
+@router.delete("/workspaces/{workspace_id}/tokens/{token_id}")
+async def revoke_token(
+    workspace_id: UUID, token_id: UUID, request: Request, caller: Caller
+) -> dict[str, object]:
+    scoped = scoped_workspace(caller, workspace_id)
+    if caller.role not in _MAY_ISSUE:
+        raise ApiError(403, "forbidden", "this token may not revoke tokens")
+    position = await commands.revoke_token(engine_of(request).store, scoped, token_id)
+    return {"id": str(token_id), "revoked": True, "position": position}
+
+
+@router.get("/me")
+async def me(caller: Caller) -> dict[str, object]:
+    return {
+        "workspaceId": str(caller.workspace_id) if caller.workspace_id else None,
+        "role": caller.role,
+        "operator": caller.is_operator,
+        "permissions": sorted(caller.permissions),
+    }

@@ -1,0 +1,79 @@
+"""Finds the PostgreSQL and NATS a command should use: configured, running embedded, or new."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateways.embedded import EmbeddedStack
+from gateways.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServerUrls:
+    database_url: str
+    nats_url: str
+    embedded: bool
+
+
+def running_embedded(data_dir: Path) -> ServerUrls | None:
+    """The URLs of the embedded servers a live `leadlog up` owns in `data_dir`, if any."""
+    lock_path = data_dir / "stack.lock"
+    state_path = data_dir / "stack.json"
+    if not lock_path.exists() or not state_path.exists():
+        return None
+    fd = os.open(lock_path, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            state = json.loads(state_path.read_text())
+            return ServerUrls(state["database_url"], state["nats_url"], embedded=True)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def server_urls(settings: Settings) -> Iterator[ServerUrls]:
+    """Configured servers if set; else the running `up`'s; else embedded ones for this command."""
+    if settings.database_url and settings.nats_url:
+        yield ServerUrls(settings.database_url, settings.nats_url, embedded=False)
+        return
+    running = running_embedded(settings.data_dir.resolve())
+    if running is not None:
+        yield ServerUrls(
+            settings.database_url or running.database_url,
+            settings.nats_url or running.nats_url,
+            embedded=True,
+        )
+        return
+    with EmbeddedStack(settings.data_dir) as stack:
+        yield ServerUrls(
+            settings.database_url or stack.info.database_url,
+            settings.nats_url or stack.info.nats_url,
+            embedded=True,
+        )
+
+
+def admin_token(settings: Settings) -> tuple[str, bool]:
+    """The operator's token: LEADLOG_ADMIN_TOKEN, else the one kept in the data folder
+    (created on first use, readable by its owner only). Returns (token, created_now)."""
+    if settings.admin_token:
+        return settings.admin_token, False
+    path = settings.data_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip(), False
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = "lla_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+    return token, True
