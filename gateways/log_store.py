@@ -224,7 +224,7 @@ class PostgresLog:
         async with self.pool.acquire() as conn:
             await conn.execute("BEGIN; LOCK TABLE events IN EXCLUSIVE MODE")
             try:
-                accepted, changes = await self._decide(conn, batch)
+                accepted, rejected, changes = await self._decide(conn, batch)
                 positions = await self._write(conn, accepted, changes)
                 await conn.execute("COMMIT")
             except BaseException:
@@ -233,6 +233,10 @@ class PostgresLog:
                 raise
         self.batches += 1
         self.commands += len(batch)
+        # Rejections are final only now: had the transaction failed, the retry would have
+        # decided each command again, without the commands it is retried apart from.
+        for pending, error in rejected:
+            _fail(pending, error)
         if any(records for _, records, _ in accepted):
             self._waker.wake()
         for (pending, records, allocation), record_positions in zip(
@@ -285,18 +289,19 @@ class PostgresLog:
 
     async def _decide(
         self, conn: Connection, batch: list[_Pending]
-    ) -> tuple[list[_Accepted], _Changes]:
+    ) -> tuple[list[_Accepted], list[tuple[_Pending, Exception]], _Changes]:
         """Check each command against the state the commands before it left; accept or fail it."""
         state = await self._load_state(conn, batch)
         initial_holders = dict(state.holders)
         initial_counters = dict(state.counters)
         initial_tracking = dict(state.tracking)
         accepted: list[_Accepted] = []
+        rejected: list[tuple[_Pending, Exception]] = []
         for pending in batch:
             try:
                 records, allocation, decided = _decide_one(pending.request, state)
             except Exception as error:
-                _fail(pending, error)
+                rejected.append((pending, error))
                 continue
             versions, holders, counter_values, tracking = decided
             state.versions.update(versions)
@@ -309,7 +314,7 @@ class PostgresLog:
             {k: v for k, v in state.counters.items() if initial_counters.get(k) != v},
             {k: v for k, v in state.tracking.items() if initial_tracking.get(k) != v},
         )
-        return accepted, changes
+        return accepted, rejected, changes
 
     async def _write(
         self,

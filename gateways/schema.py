@@ -32,7 +32,7 @@ def migrations() -> list[Migration]:
 
 def check_schema_name(schema: str) -> str:
     """Schema names are interpolated into SQL, so only plain identifiers are accepted."""
-    if not _SCHEMA_NAME.match(schema):
+    if not _SCHEMA_NAME.fullmatch(schema):  # not .match: `$` also matches before a final \n
         raise ValueError(f"invalid schema name {schema!r}: use lowercase letters, digits and _")
     return schema
 

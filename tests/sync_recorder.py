@@ -99,9 +99,7 @@ class SyncRecorder(ProcessRecorder):
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
         records = self.runner.run(
-            self.log.read_stream(
-                UUID(str(originator_id)), gt=gt, lte=lte, desc=desc, limit=limit
-            )
+            self.log.read_stream(UUID(str(originator_id)), gt=gt, lte=lte, desc=desc, limit=limit)
         )
         return [_stored(r) for r in records]
 

@@ -1,0 +1,40 @@
+"""`make bench`: runs every benchmark in one process against one PostgreSQL and prints a table."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.report import Report
+from bench.store import run_store_benchmarks
+from gateways.embedded import EmbeddedStack
+
+
+@contextmanager
+def servers() -> Iterator[tuple[str, str]]:
+    """LEADLOG_DATABASE_URL / LEADLOG_NATS_URL when set, else a private embedded stack."""
+    database_url = os.environ.get("LEADLOG_DATABASE_URL")
+    nats_url = os.environ.get("LEADLOG_NATS_URL")
+    if database_url and nats_url:
+        yield database_url, nats_url
+        return
+    with EmbeddedStack(Path(".bench") / "stack") as stack:
+        yield stack.info.database_url, stack.info.nats_url
+
+
+def main() -> int:
+    report = Report()
+    with servers() as (database_url, _nats_url):
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        asyncio.run(run_store_benchmarks(report, database_url, schema))
+    report.print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
