@@ -1,4 +1,4 @@
-"""Append throughput: our store vs the eventsourcing library's Postgres application vs raw asyncpg."""
+"""Append throughput: our store vs the eventsourcing Postgres application vs raw asyncpg."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
+from uuid import UUID
 
 import asyncpg
 from eventsourcing.application import Application
@@ -101,7 +102,7 @@ def bench_library_application(database_url: str, schema: str) -> float:
         "POSTGRES_MAX_OVERFLOW": "0",
         "CREATE_TABLE": "y",
     }
-    application = Application(env=env)
+    application: Application[UUID] = Application(env=env)
     stop = threading.Event()
     counts = [0] * CONCURRENCY
 

@@ -40,6 +40,11 @@ class EventCodec:
             data: dict[str, Any] = orjson.loads(state)
             from_version = data.pop("class_version", 1)
             class_version = getattr(cls, "class_version", 1)
+            if from_version > class_version:
+                raise ValueError(
+                    f"stored as version {from_version}, but this code knows only up to "
+                    f"{class_version}: upgrade before reading it"
+                )
             while from_version < class_version:
                 getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(data)
                 from_version += 1

@@ -2,10 +2,12 @@
 
 Two guarantees shape this module:
 
-* **No consumer ever skips an event.** Every appending transaction takes an EXCLUSIVE lock
-  on the events table before it draws positions and holds it until commit, so positions
-  become visible in the order they were drawn: once a reader sees position N, every
-  lower position is either visible too or rolled back for good. Readers take no lock.
+* **No consumer ever skips an event.** Every appending transaction takes the schema's
+  append lock (a transaction-level advisory lock) before it draws positions and holds it
+  until commit, so positions become visible in the order they were drawn: once a reader
+  sees position N, every lower position is either visible too or rolled back for good.
+  Readers take no lock. An advisory lock rather than a table lock, so that autovacuum
+  (whose SHARE UPDATE EXCLUSIVE conflicts with EXCLUSIVE) can never stall appends.
 * **Throughput from batching.** Commands waiting for the lock are gathered into one
   transaction (group commit). The checks (versions, exclusive keys, tracking) are made
   for each command in turn against the state left by the commands before it, so a
@@ -179,9 +181,11 @@ class PostgresLog:
         self.pool = pool
         self.schema = schema
         self.channel = f"{schema}.events"
+        self.lock_key = f"leadlog.append.{schema}"
         self.max_batch = max_batch
         self.poll_interval = poll_interval
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._waker = _Waker()
         self._listener: PoolConnectionProxy | None = None
@@ -193,6 +197,8 @@ class PostgresLog:
 
     async def append(self, request: RecordAppend) -> RecordAppended:
         """Append one command's writes; resolves when they are committed (or failed alone)."""
+        if self._closing:
+            raise RuntimeError("the event store is closed")
         future: asyncio.Future[RecordAppended] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(request, future))
         if self._writer is None or self._writer.done():
@@ -202,27 +208,35 @@ class PostgresLog:
     async def _write_loop(self) -> None:
         while True:
             first = await self._queue.get()
+            if first is None:
+                return
             batch = [first]
             while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._commit_batch(batch)
-            except Exception as error:
-                if len(batch) == 1:
-                    _fail(batch[0], error)
-                    continue
-                # Something the checks did not foresee failed the whole transaction:
-                # retry each command on its own so only the culprit fails.
-                log.warning("group commit failed; retrying one by one", error=repr(error))
-                for pending in batch:
-                    try:
-                        await self._commit_batch([pending])
-                    except Exception as single_error:
-                        _fail(pending, single_error)
+                queued = self._queue.get_nowait()
+                if queued is None:
+                    await self._commit_isolating(batch)
+                    return
+                batch.append(queued)
+            await self._commit_isolating(batch)
+
+    async def _commit_isolating(self, batch: list[_Pending]) -> None:
+        """Commit the batch; if the transaction fails for a reason the checks did not
+        foresee, commit its halves apart, down to the single command that fails."""
+        try:
+            await self._commit_batch(batch)
+        except Exception as error:
+            if len(batch) == 1:
+                _fail(batch[0], error)
+                return
+            log.warning("group commit failed; isolating the culprit", error=repr(error))
+            middle = len(batch) // 2
+            await self._commit_isolating(batch[:middle])
+            await self._commit_isolating(batch[middle:])
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute("BEGIN; LOCK TABLE events IN EXCLUSIVE MODE")
+            await conn.execute("BEGIN")
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.lock_key)
             try:
                 accepted, rejected, changes = await self._decide(conn, batch)
                 positions = await self._write(conn, accepted, changes)
@@ -345,9 +359,10 @@ class PostgresLog:
             """
             WITH ins AS (
                 INSERT INTO events (event_id, originator_id, originator_version, topic,
-                                    event_type, workspace_id, state)
-                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[],
-                                     $5::text[], $6::uuid[], $7::bytea[])
+                                    event_type, workspace_id, state, recorded_at)
+                SELECT *, (SELECT clock_timestamp())
+                FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
+                            $6::uuid[], $7::bytea[])
                 RETURNING position, event_id
             ), released AS (
                 DELETE FROM reservations WHERE key = ANY($8::text[])
@@ -526,13 +541,12 @@ class PostgresLog:
             )
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-        while not self._queue.empty():
-            _fail(self._queue.get_nowait(), RuntimeError("the event store is closing"))
+        """Stop taking appends, let every queued one finish, then release the listener."""
+        self._closing = True
+        if self._writer is not None and not self._writer.done():
+            await self._queue.put(None)
+            await self._writer
+        self._writer = None
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.remove_listener(self.channel, self._waker.wake)
@@ -581,12 +595,32 @@ def _decide_one(
     records = list(request.records)
     if request.build is not None:
         records.extend(request.build(allocation))
+    if request.build is not None:
+        # Built events may create new aggregates freely (fresh ids cannot collide), but an
+        # existing aggregate is only checked for concurrent change if `expect` names it.
+        known = set(request.expect) | {r.originator_id for r in request.records}
+        first_versions: dict[UUID, int] = {}
+        for record in records:
+            first_versions.setdefault(record.originator_id, record.originator_version)
+        unknown = sorted(
+            str(aggregate_id)
+            for aggregate_id, first in first_versions.items()
+            if aggregate_id not in known and first != 1
+        )
+        if unknown:
+            raise ValueError(f"build changed existing aggregates not named in expect: {unknown}")
     versions: dict[UUID, int] = {}
     for record in records:
         previous = versions.get(record.originator_id, state.versions.get(record.originator_id))
-        if previous is not None and record.originator_version <= previous:
-            raise ConcurrencyConflict(
-                f"aggregate {record.originator_id} already has version {record.originator_version}"
+        if previous is not None and record.originator_version != previous + 1:
+            if record.originator_version <= previous:
+                raise ConcurrencyConflict(
+                    f"aggregate {record.originator_id} already has version "
+                    f"{record.originator_version}"
+                )
+            raise ValueError(
+                f"aggregate {record.originator_id} is at version {previous}; "
+                f"version {record.originator_version} would leave a gap"
             )
         versions[record.originator_id] = record.originator_version
     tracking: dict[str, int] = {}

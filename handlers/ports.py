@@ -73,8 +73,9 @@ class Append:
 
     `events` are known up front; `build` is called inside the transaction with the
     allocation when the events depend on it (a request number, who holds an email).
-    `expect` gives the version each aggregate touched by `build` had when loaded
-    (0 for a new one); for `events` the versions are read off the events themselves.
+    `expect` must name every existing aggregate `build` writes to, with the version it had
+    when loaded (new aggregates need not be named); for `events` the versions are read off
+    the events themselves. Versions must follow on without gaps.
     """
 
     workspace_id: UUID | None

@@ -196,3 +196,16 @@ def test_missing_upcaster_raises_event_decode_error(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(eventsourcing.utils._topic_cache, record.topic, NoteAddedV2WithoutUpcaster)
     with pytest.raises(EventDecodeError, match="upcast_v1_v2"):
         decode(codec, record)
+
+
+def test_an_event_newer_than_the_code_is_refused() -> None:
+    codec = EventCodec()
+    record = codec.encode(
+        NoteAdded(
+            originator_id=uuid4(), originator_version=1, timestamp=datetime.now(UTC), text="x"
+        )
+    )
+    state = orjson.loads(record.state)
+    state["class_version"] = 9
+    with pytest.raises(EventDecodeError, match="upgrade"):
+        codec.decode(record.topic, record.originator_id, 1, orjson.dumps(state))

@@ -224,7 +224,9 @@ async def test_an_appender_holding_the_lock_holds_back_later_appends(
     log: PostgresLog, pool: asyncpg.Pool
 ) -> None:
     async with pool.acquire() as slow:
-        await slow.execute("BEGIN; LOCK TABLE events IN EXCLUSIVE MODE")
+        # what every appending transaction does first: take the schema's append lock
+        await slow.execute("BEGIN")
+        await slow.execute("SELECT pg_advisory_xact_lock(hashtext($1))", log.lock_key)
         slow_position = await insert_raw(slow, "slow.appended")
 
         later = asyncio.create_task(
@@ -246,24 +248,20 @@ async def test_an_appender_holding_the_lock_holds_back_later_appends(
     ]
 
 
-async def test_an_append_waits_for_any_open_transaction_that_inserted_events(
+async def test_autovacuum_style_locks_do_not_stall_appends(
     log: PostgresLog, pool: asyncpg.Pool
 ) -> None:
-    """The appender's own lock is what makes it wait: a plain INSERT takes only ROW EXCLUSIVE,
-    which an EXCLUSIVE lock must wait for, so no append can draw and commit later positions
-    while an earlier inserter is still open."""
-    async with pool.acquire() as slow:
-        await slow.execute("BEGIN")
-        slow_position = await insert_raw(slow, "slow.appended")
-        later = asyncio.create_task(
-            log.append(RecordAppend(WS, records=[new(event_type="later.appended")]))
-        )
-        await asyncio.sleep(0.5)
-        assert not later.done(), "an append committed past an open, earlier insert"
-        assert await log.read(after=0) == []
-        await slow.execute("COMMIT")
-    result = await asyncio.wait_for(later, 5)
-    assert [r.position for r in await log.read(after=0)] == [slow_position, result.positions[0]]
+    """The append lock is advisory, so SHARE UPDATE EXCLUSIVE (what autovacuum, ANALYZE and
+    CREATE INDEX CONCURRENTLY take on the events table) never holds appends back."""
+    async with pool.acquire() as maintenance:
+        await maintenance.execute("BEGIN; LOCK TABLE events IN SHARE UPDATE EXCLUSIVE MODE")
+        try:
+            result = await asyncio.wait_for(
+                log.append(RecordAppend(WS, records=[new(event_type="during.vacuum")])), 5
+            )
+        finally:
+            await maintenance.execute("COMMIT")
+    assert [r.position for r in await log.read(after=0)] == list(result.positions)
 
 
 # ---- 2. group commit ------------------------------------------------------------------------
@@ -756,3 +754,45 @@ async def test_a_command_reported_as_failed_wrote_nothing(log: PostgresLog) -> N
     assert len(committed) == 3
     assert await log.holder("key:held") == held_by
     assert await log.holder("key:free") == commands[1].claims[0].owner
+
+
+# ---- 8. contract details -------------------------------------------------------------------
+
+
+async def test_versions_must_follow_on_without_gaps(log: PostgresLog) -> None:
+    aggregate = uuid4()
+    await log.append(RecordAppend(WS, records=[new(aggregate, 1)]))
+    with pytest.raises(ValueError, match="gap"):
+        await log.append(RecordAppend(WS, records=[new(aggregate, 3)]))
+    with pytest.raises(ConcurrencyConflict):
+        await log.append(RecordAppend(WS, records=[new(aggregate, 1)]))
+    await log.append(RecordAppend(WS, records=[new(aggregate, 2)]))
+    assert [r.originator_version for r in await log.read_stream(aggregate)] == [1, 2]
+
+
+async def test_build_must_name_what_it_writes_in_expect(log: PostgresLog) -> None:
+    existing = uuid4()
+    await log.append(RecordAppend(WS, records=[new(existing, 1)]))
+    with pytest.raises(ValueError, match="expect"):
+        await log.append(RecordAppend(WS, build=lambda _: [new(existing, 2)]))
+    assert len(await log.read(after=0)) == 1
+    result = await log.append(
+        RecordAppend(WS, build=lambda _: [new(existing, 2)], expect={existing: 1})
+    )
+    assert len(result.positions) == 1
+    created = await log.append(RecordAppend(WS, build=lambda _: [new(uuid4(), 1)]))
+    assert len(created.positions) == 1
+
+
+async def test_close_lets_queued_appends_finish(pool: asyncpg.Pool, schema_name: str) -> None:
+    log = PostgresLog(pool, schema_name)
+    pending = [
+        asyncio.create_task(log.append(RecordAppend(WS, records=[new()]))) for _ in range(300)
+    ]
+    await asyncio.sleep(0)  # let them queue
+    await log.close()
+    results = await asyncio.gather(*pending)
+    assert len({r.positions[0] for r in results}) == 300
+    assert len(await read_all(log)) == 300
+    with pytest.raises(RuntimeError, match="closed"):
+        await log.append(RecordAppend(WS, records=[new()]))
