@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
+from types import FrameType
 from typing import Annotated, TypeVar
 from uuid import UUID
 
@@ -56,6 +59,28 @@ def _port_taken(host: str, port: int) -> bool:
     return False
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, minus re-raising the stop signal after its graceful shutdown: that would kill
+    the process before the engine closes and the embedded servers stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _exit_on_sigterm(signum: int, _: FrameType | None) -> None:
+    # Outside uvicorn's own handling (while servers start), unwind so `finally` blocks run.
+    raise SystemExit(128 + signum)
+
+
 async def _serve(settings: Settings, urls: ServerUrls, token: str) -> None:
     engine = await start_engine(settings, urls.database_url, urls.nats_url, token)
     try:
@@ -67,7 +92,7 @@ async def _serve(settings: Settings, urls: ServerUrls, token: str) -> None:
             access_log=False,
             lifespan="off",
         )
-        server = uvicorn.Server(config)
+        server = _Server(config)
         err.print(
             f"leadlog is up on http://{settings.http_host}:{settings.http_port} "
             f"(PostgreSQL {'embedded' if urls.embedded else 'configured'}, "
@@ -81,6 +106,7 @@ async def _serve(settings: Settings, urls: ServerUrls, token: str) -> None:
 
 def _run_http(settings: Settings, *, start_servers: bool) -> None:
     configure_logging(settings.log_level)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if _port_taken(settings.http_host, settings.http_port):
         raise fail(
             f"{settings.http_host}:{settings.http_port} is already in use "
@@ -94,7 +120,7 @@ def _run_http(settings: Settings, *, start_servers: bool) -> None:
     if not start_servers and not (settings.database_url and settings.nats_url):
         raise fail("`serve` needs LEADLOG_DATABASE_URL and LEADLOG_NATS_URL (or use `leadlog up`)")
     try:
-        with server_urls(settings) as urls:
+        with server_urls(settings, share_running=False) as urls:
             asyncio.run(_serve(settings, urls, token))
     except StackAlreadyRunning as error:
         raise fail(str(error)) from None

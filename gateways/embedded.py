@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import pwd
@@ -30,6 +31,7 @@ import psutil
 PG_SYSTEM_USER = "leadlog-pg"
 DATABASE_NAME = "leadlog"
 _PG_SUPERUSER = "postgres"
+_NATS_SERVER_NAME = "leadlog-embedded"
 _HOST = "127.0.0.1"
 # Ports other services on a dev machine usually hold; never reuse them even if free now.
 _AVOID_PORTS = frozenset({4222, 5432, 6222, 8222})
@@ -37,6 +39,8 @@ _PG_START_TIMEOUT = 60
 _NATS_READY_TIMEOUT = 20.0
 _NATS_STOP_TIMEOUT = 10.0
 _LOG_TAIL_LINES = 30
+# Retries only for PostgreSQL tools that lost access to the path mid-run (see _ensure_access).
+_ATTEMPTS = 5
 # sun_path is 108 bytes on Linux; leave room for the ".s.PGSQL.NNNNN.lock" name.
 _MAX_SOCKET_DIR_LEN = 80
 _ROTATE_LOG_BYTES = 16 * 1024 * 1024
@@ -56,7 +60,7 @@ class EmbeddedStackError(RuntimeError):
     """The embedded servers could not be started or stopped."""
 
 
-class StackAlreadyRunning(Exception):  # noqa: N818 - the name is part of the public interface
+class StackAlreadyRunning(Exception):
     """Another live process owns the data folder (holds the lock on stack.lock)."""
 
     def __init__(self, data_dir: Path, pid: int | None) -> None:
@@ -118,7 +122,6 @@ class EmbeddedStack:
         self._owner_pid: int | None = None
         self._run_as: _RunAs | None = None
         self._nats_proc: subprocess.Popen[bytes] | None = None
-        self._postgres_running = False
         self._info: StackInfo | None = None
 
     @property
@@ -210,6 +213,8 @@ class EmbeddedStack:
         for path in (self.nats_dir, self.logs_dir):
             path.mkdir(parents=True, exist_ok=True)
         self._run_as = _prepare_system_user() if os.geteuid() == 0 else None
+        if self._run_as is not None:
+            _ensure_readable_install(_postgres_install_dir())
         self._stop_leftover_nats()
         self._stop_leftover_postgres()
         _rotate(self.postgres_log)
@@ -232,23 +237,35 @@ class EmbeddedStack:
 
     def _prepare_dirs(self) -> None:
         run_as = self._run_as
+        owner = os.geteuid() if run_as is None else run_as.uid
         self.socket_dir.mkdir(parents=True, exist_ok=True)
+        # The socket dir may sit under a shared /tmp: refuse a planted symlink or stranger's dir.
+        st = os.lstat(self.socket_dir)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (os.geteuid(), owner):
+            raise EmbeddedStackError(
+                f"{self.socket_dir} is not a directory owned by this user or {PG_SYSTEM_USER}; "
+                "remove it and start again"
+            )
         self.postgres_log.touch(exist_ok=True)
-        if run_as is None:
-            self.socket_dir.chmod(0o700)
-            return
-        # PostgreSQL runs as an unprivileged user: it must reach its files through our dirs.
+        if run_as is not None:
+            self._ensure_access()
+            for path in (self.socket_dir, self.postgres_log):
+                os.chown(path, run_as.uid, run_as.gid, follow_symlinks=False)
+            if self.pgdata.exists() and self.pgdata.stat().st_uid != run_as.uid:
+                _chown_tree(self.pgdata, run_as)
+        self.socket_dir.chmod(0o700)
+
+    def _ensure_access(self) -> None:
+        """Let the unprivileged PostgreSQL user traverse the folders above its files.
+
+        Called before every server tool: something else may take the bits away meanwhile
+        (pytest, for one, resets /tmp/pytest-of-<user> to 0700 at each session start).
+        """
         for path in (self.logs_dir, self.data_dir, *self.data_dir.parents):
             _add_mode(path, stat.S_IXGRP | stat.S_IXOTH)
         if self.socket_dir.parent != self.data_dir:
             for path in self.socket_dir.parents:
                 _add_mode(path, stat.S_IXOTH)
-        _ensure_readable_install(_postgres_install_dir())
-        for path in (self.socket_dir, self.postgres_log):
-            os.chown(path, run_as.uid, run_as.gid)
-        self.socket_dir.chmod(0o700)
-        if self.pgdata.exists() and self.pgdata.stat().st_uid != run_as.uid:
-            _chown_tree(self.pgdata, run_as)
 
     def _ensure_cluster(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():
@@ -263,32 +280,34 @@ class EmbeddedStack:
         # initdb into a side folder and rename, so a crash mid-initdb never leaves a
         # half-made cluster that looks initialised.
         staging = self.data_dir / "postgres.initdb"
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(mode=0o700)
-        if self._run_as is not None:
-            os.chown(staging, self._run_as.uid, self._run_as.gid)
-        result = self._pg_command(
-            [
-                "initdb",
-                "-D",
-                str(staging),
-                "--auth=trust",
-                "--encoding=UTF8",
-                "-U",
-                _PG_SUPERUSER,
-                # Locale-independent of the host, yet Unicode-aware lower()/upper().
-                "--locale=C",
-                "--locale-provider=builtin",
-                "--builtin-locale=C.UTF-8",
-            ],
-            timeout=120,
+        args = [
+            "initdb",
+            "-D",
+            str(staging),
+            "--auth=trust",
+            "--encoding=UTF8",
+            "-U",
+            _PG_SUPERUSER,
+            # Independent of the host's locales, yet Unicode-aware lower()/upper().
+            "--locale=C",
+            "--locale-provider=builtin",
+            "--builtin-locale=C.UTF-8",
+        ]
+        for attempt in range(_ATTEMPTS):
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir(mode=0o700)
+            if self._run_as is not None:
+                os.chown(staging, self._run_as.uid, self._run_as.gid)
+            result = self._pg_command(args, timeout=120)
+            if result.returncode == 0:
+                staging.rename(self.pgdata)
+                return
+            if not self._lost_access(result) or attempt == _ATTEMPTS - 1:
+                break
+        raise EmbeddedStackError(
+            f"initdb failed (exit {result.returncode}) for {staging}:\n{result.output}"
         )
-        if result.returncode != 0:
-            raise EmbeddedStackError(
-                f"initdb failed (exit {result.returncode}) for {staging}:\n{result.output}"
-            )
-        staging.rename(self.pgdata)
 
     def _start_postgres(self, port: int) -> None:
         options = [
@@ -310,29 +329,52 @@ class EmbeddedStack:
             "-c",
             "full_page_writes=on",
         ]
-        result = self._pg_command(
-            [
-                "pg_ctl",
-                "-D",
-                str(self.pgdata),
-                "-w",
-                "-t",
-                str(_PG_START_TIMEOUT),
-                "-l",
-                str(self.postgres_log),
-                "-o",
-                shlex.join(options),
-                "start",
-            ],
-            timeout=_PG_START_TIMEOUT + 15,
+        args = [
+            "pg_ctl",
+            "-D",
+            str(self.pgdata),
+            "-w",
+            "-t",
+            str(_PG_START_TIMEOUT),
+            "-l",
+            str(self.postgres_log),
+            "-o",
+            shlex.join(options),
+            "start",
+        ]
+        for attempt in range(_ATTEMPTS):
+            result = self._pg_command(args, timeout=_PG_START_TIMEOUT + 15)
+            if result.returncode == 0:
+                return
+            if self._wait_postmaster_ready(_PG_START_TIMEOUT):
+                # pg_ctl lost sight of a server that did start (e.g. lost access to the path).
+                return
+            if not self._lost_access(result) or attempt == _ATTEMPTS - 1:
+                break
+        raise EmbeddedStackError(
+            f"PostgreSQL failed to start on {_HOST}:{port} (pg_ctl exit "
+            f"{result.returncode}):\n{result.output}\n"
+            f"last lines of {self.postgres_log}:\n{_tail(self.postgres_log)}"
         )
-        if result.returncode != 0:
-            raise EmbeddedStackError(
-                f"PostgreSQL failed to start on {_HOST}:{port} (pg_ctl exit "
-                f"{result.returncode}):\n{result.output}\n"
-                f"last lines of {self.postgres_log}:\n{_tail(self.postgres_log)}"
-            )
-        self._postgres_running = True
+
+    def _lost_access(self, result: _Result) -> bool:
+        return self._run_as is not None and "Permission denied" in result.output
+
+    def _postmaster_status(self) -> str | None:
+        with contextlib.suppress(OSError, IndexError):
+            return (self.pgdata / "postmaster.pid").read_text().splitlines()[7].strip()
+        return None
+
+    def _wait_postmaster_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self._postmaster_pid()
+            if pid is None or self._postmaster_owner(pid) != "ours":
+                return False
+            if self._postmaster_status() == "ready":
+                return True
+            time.sleep(0.05)
+        return False
 
     def _ensure_database(self, port: int) -> None:
         script = (
@@ -383,7 +425,7 @@ class EmbeddedStack:
             "-p",
             str(port),
             "-n",
-            "leadlog-embedded",
+            _NATS_SERVER_NAME,
             "-js",
             "-sd",
             str(self.nats_dir),
@@ -434,6 +476,10 @@ class EmbeddedStack:
             self._stop_postgres()
         except EmbeddedStackError as exc:
             errors.append(str(exc))
+        if self.socket_dir.parent != self.data_dir:
+            # Only the empty dir under /tmp is left; postgres removed its socket files.
+            with contextlib.suppress(OSError):
+                self.socket_dir.rmdir()
         state = self._read_state()
         if state:
             state.update(postgres_pid=None, nats_pid=None, owner_pid=None)
@@ -457,28 +503,46 @@ class EmbeddedStack:
             ) from None
 
     def _stop_postgres(self) -> None:
-        if not self._postgres_running:
-            return
-        self._postgres_running = False
-        self._pg_ctl_stop()
+        # We hold the lock and stopped leftovers before starting, so a live postmaster on
+        # this PGDATA is ours, even one whose pg_ctl start was interrupted.
+        pid = self._postmaster_pid()
+        if pid is not None and self._postmaster_owner(pid) == "ours":
+            self._pg_ctl_stop()
 
     def _pg_ctl_stop(self) -> None:
         fast = self._pg_command(
             ["pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "60", "stop"],
             timeout=75,
         )
-        if fast.returncode == 0 or self._postmaster_pid() is None:
+        if fast.returncode == 0 or not self._postmaster_alive():
             return
-        # Immediate mode skips the shutdown checkpoint; WAL replay on next start makes it safe.
-        immediate = self._pg_command(
-            ["pg_ctl", "-D", str(self.pgdata), "-m", "immediate", "-w", "-t", "30", "stop"],
-            timeout=45,
-        )
+        # pg_ctl could not do it (e.g. it lost access to the path); signal the postmaster
+        # ourselves: SIGINT is exactly pg_ctl's fast mode.
+        if self._signal_postmaster(signal.SIGINT, timeout=60):
+            return
+        # SIGQUIT is immediate mode: no shutdown checkpoint, WAL replay on the next start.
+        immediate = self._signal_postmaster(signal.SIGQUIT, timeout=30)
         raise EmbeddedStackError(
             f"PostgreSQL did not stop in fast mode:\n{fast.output}\n"
-            f"immediate stop {'succeeded' if immediate.returncode == 0 else 'failed'}:\n"
-            f"{immediate.output}\nlast lines of {self.postgres_log}:\n{_tail(self.postgres_log)}"
+            f"immediate stop {'succeeded' if immediate else 'failed'}\n"
+            f"last lines of {self.postgres_log}:\n{_tail(self.postgres_log)}"
         )
+
+    def _postmaster_alive(self) -> bool:
+        pid = self._postmaster_pid()
+        return pid is not None and self._postmaster_owner(pid) == "ours"
+
+    def _signal_postmaster(self, signum: int, *, timeout: float) -> bool:
+        """Signal our postmaster; True once it has exited within `timeout`."""
+        pid = self._postmaster_pid()
+        if pid is None or self._postmaster_owner(pid) != "ours":
+            return True
+        try:
+            proc = psutil.Process(pid)
+            proc.send_signal(signum)
+        except psutil.NoSuchProcess:
+            return True
+        return not _wait_gone([proc], timeout)
 
     # ---- leftovers of an owner that died without stop() ------------------------------
 
@@ -489,48 +553,63 @@ class EmbeddedStack:
             cmdline = proc.info.get("cmdline") or []
             if not str(proc.info.get("name") or "").startswith("nats-server"):
                 continue
-            if any(a in ("-sd", "--store_dir") and b == store for a, b in _pairs(cmdline)):
+            if any(
+                a in ("-sd", "--store_dir") and b == store for a, b in itertools.pairwise(cmdline)
+            ):
                 leftovers.append(proc)
         for proc in leftovers:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.terminate()
-        _, alive = psutil.wait_procs(leftovers, timeout=_NATS_STOP_TIMEOUT)
+        alive = _wait_gone(leftovers, _NATS_STOP_TIMEOUT)
         for proc in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-        psutil.wait_procs(alive, timeout=_NATS_STOP_TIMEOUT)
+        if _wait_gone(alive, _NATS_STOP_TIMEOUT):
+            pids = ", ".join(str(p.pid) for p in alive)
+            raise EmbeddedStackError(
+                f"a leftover nats-server using {store} (pid {pids}) survived SIGKILL"
+            )
 
     def _stop_leftover_postgres(self) -> None:
         pid = self._postmaster_pid()
         if pid is None:
             return
-        if self._is_our_postmaster(pid):
+        owner = self._postmaster_owner(pid)
+        if owner == "ours":
             self._pg_ctl_stop()
-            return
-        # The pid was reused by an unrelated process; postgres would refuse to start while
-        # it lives. Remove the stale file only if no orphaned backend still uses PGDATA.
-        if psutil.pid_exists(pid) and not self._orphaned_backends():
+        elif owner == "other" and not self._backends_may_remain():
+            # The pid was reused by an unrelated process: postgres would refuse to start
+            # while it lives. Safe to drop only when no orphaned backend still uses PGDATA.
             (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
+        # "gone": postgres itself detects a dead postmaster; "unknown": leave it alone.
 
     def _postmaster_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):
             return int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
         return None
 
-    def _is_our_postmaster(self, pid: int) -> bool:
+    def _postmaster_owner(self, pid: int) -> str:
         try:
             proc = psutil.Process(pid)
-            return bool(proc.name() == "postgres" and Path(proc.cwd()) == self.pgdata)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return False
+            if proc.name() != "postgres":
+                return "other"
+            return "ours" if Path(proc.cwd()) == self.pgdata else "other"
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return "gone"
+        except psutil.Error:
+            return "unknown"
 
-    def _orphaned_backends(self) -> bool:
+    def _backends_may_remain(self) -> bool:
         for proc in psutil.process_iter(["name"]):
             if proc.info.get("name") != "postgres":
                 continue
-            with contextlib.suppress(psutil.Error):
+            try:
                 if Path(proc.cwd()) == self.pgdata:
                     return True
+            except psutil.NoSuchProcess:
+                continue
+            except psutil.Error:
+                return True
         return False
 
     # ---- helpers ---------------------------------------------------------------------
@@ -538,6 +617,8 @@ class EmbeddedStack:
     def _pg_command(self, args: list[str], *, timeout: float) -> _Result:
         """Run a PostgreSQL server tool, as the unprivileged user when we are root."""
         run_as = self._run_as
+        if run_as is not None:
+            self._ensure_access()
         cmd = [str(_postgres_bin(args[0])), *args[1:]]
         # Files, not pipes: the postmaster pg_ctl leaves behind must not hold our pipe open.
         with tempfile.TemporaryFile() as out:
@@ -601,8 +682,21 @@ class _Result:
     output: str
 
 
-def _pairs(items: list[str]) -> list[tuple[str, str]]:
-    return list(zip(items, items[1:], strict=False))
+def _wait_gone(procs: list[Any], timeout: float) -> list[Any]:
+    """Wait for processes to exit; a zombie counts as gone (our pid 1 may reap lazily)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if _running(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _running(proc: Any) -> bool:
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _describe_process(pid: int) -> str:
@@ -643,18 +737,18 @@ def _free_port(exclude: set[int]) -> int:
 
 
 def _choose_ports(recorded_pg: object, recorded_nats: object) -> tuple[int, int]:
+    recorded = [p if isinstance(p, int) else 0 for p in (recorded_pg, recorded_nats)]
     chosen: list[int] = []
-    for recorded in (recorded_pg, recorded_nats):
+    for port in recorded:
         if (
-            isinstance(recorded, int)
-            and 1024 <= recorded <= 65535
-            and recorded not in _AVOID_PORTS
-            and recorded not in chosen
-            and _port_is_free(recorded)
+            1024 <= port <= 65535
+            and port not in _AVOID_PORTS
+            and port not in chosen
+            and _port_is_free(port)
         ):
-            chosen.append(recorded)
+            chosen.append(port)
         else:
-            chosen.append(_free_port(set(chosen)))
+            chosen.append(_free_port({*chosen, *recorded}))
     return chosen[0], chosen[1]
 
 
@@ -670,7 +764,17 @@ def _nats_ready(port: int) -> bool:
                 greeting += chunk
     except OSError:
         return False
-    return greeting.startswith(b"INFO ") and b'"jetstream":true' in greeting
+    info = greeting.removeprefix(b"INFO ")
+    try:
+        fields = json.loads(info)
+    except ValueError:
+        return False
+    # Someone else's server could answer on a port we lost a race for: check it is ours.
+    return (
+        isinstance(fields, dict)
+        and fields.get("server_name") == _NATS_SERVER_NAME
+        and fields.get("jetstream") is True
+    )
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:

@@ -42,12 +42,13 @@ def running_embedded(data_dir: Path) -> ServerUrls | None:
 
 
 @contextlib.contextmanager
-def server_urls(settings: Settings) -> Iterator[ServerUrls]:
-    """Configured servers if set; else the running `up`'s; else embedded ones for this command."""
+def server_urls(settings: Settings, *, share_running: bool = True) -> Iterator[ServerUrls]:
+    """Configured servers if set; else (for admin verbs) the running `up`'s; else embedded
+    ones owned by this command. `up` never shares: a second one on a folder must refuse."""
     if settings.database_url and settings.nats_url:
         yield ServerUrls(settings.database_url, settings.nats_url, embedded=False)
         return
-    running = running_embedded(settings.data_dir.resolve())
+    running = running_embedded(settings.data_dir.resolve()) if share_running else None
     if running is not None:
         yield ServerUrls(
             settings.database_url or running.database_url,

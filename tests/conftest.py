@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -39,9 +41,17 @@ def _start_servers(base: Path) -> Iterator[Servers]:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    """This machine's servers when LEADLOG_TEST_* are set, otherwise a private embedded stack."""
-    yield from _start_servers(tmp_path_factory.mktemp("servers"))
+def servers() -> Iterator[Servers]:
+    """This machine's servers when LEADLOG_TEST_* are set, otherwise a private embedded stack.
+
+    The stack lives outside pytest's own temp folder: pytest resets that folder to 0700
+    at every session start, which would lock out the unprivileged user PostgreSQL runs as.
+    """
+    base = Path(tempfile.mkdtemp(prefix="leadlog-test-"))
+    try:
+        yield from _start_servers(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
