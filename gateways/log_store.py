@@ -29,6 +29,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from gateways.schema import check_schema_name
 from handlers.ports import (
     Allocation,
     Checkpoint,
@@ -126,6 +127,25 @@ class _Changes:
     tracking: dict[str, int]
 
 
+_INSERT = """ins AS (
+    INSERT INTO events (event_id, originator_id, originator_version, topic, event_type,
+                        workspace_id, state, recorded_at)
+    SELECT *, (SELECT clock_timestamp())
+    FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::uuid[],
+                $7::bytea[])
+    RETURNING position, event_id)"""
+_RELEASE = """released AS (
+    DELETE FROM reservations r USING unnest(${0}::text[]) AS k(key) WHERE r.key = k.key)"""
+_CLAIM = """claimed AS (
+    INSERT INTO reservations (key, owner) SELECT * FROM unnest(${0}::text[], ${1}::uuid[])
+    ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, claimed_at = now())"""
+_COUNT = """counted AS (
+    INSERT INTO counters (name, value) SELECT * FROM unnest(${0}::text[], ${1}::bigint[])
+    ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value)"""
+_TRACK = """tracked AS (
+    INSERT INTO tracking (consumer, position) SELECT * FROM unnest(${0}::text[], ${1}::bigint[])
+    ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, updated_at = now())"""
+
 _COLUMNS = (
     "position, event_id, originator_id, originator_version, topic, event_type, "
     "workspace_id, state, recorded_at"
@@ -177,16 +197,19 @@ class PostgresLog:
         *,
         max_batch: int = 1000,
         poll_interval: float = 1.0,
+        writers: int = 2,
     ) -> None:
         self.pool = pool
         self.schema = schema
         self.channel = f"{schema}.events"
-        self.lock_key = f"leadlog.append.{schema}"
+        self.lock_key = f"leadlog.append.{check_schema_name(schema)}"
+        self._begin_and_lock = f"BEGIN; SELECT pg_advisory_xact_lock(hashtext('{self.lock_key}'))"
         self.max_batch = max_batch
         self.poll_interval = poll_interval
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._closing = False
-        self._writer: asyncio.Task[None] | None = None
+        self.writers = writers
+        self._writer_tasks: list[asyncio.Task[None]] = []
         self._waker = _Waker()
         self._listener: PoolConnectionProxy | None = None
         self._listener_lock = asyncio.Lock()
@@ -201,8 +224,13 @@ class PostgresLog:
             raise RuntimeError("the event store is closed")
         future: asyncio.Future[RecordAppended] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(request, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_loop(), name="leadlog-group-commit")
+        if not self._writer_tasks:
+            # Two writers, so one batch's Python work overlaps the other's commit; the
+            # append lock still lets only one of them draw positions at a time.
+            self._writer_tasks = [
+                asyncio.create_task(self._write_loop(), name=f"leadlog-group-commit-{i}")
+                for i in range(self.writers)
+            ]
         return await future
 
     async def _write_loop(self) -> None:
@@ -235,8 +263,7 @@ class PostgresLog:
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute("BEGIN")
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.lock_key)
+            await conn.execute(self._begin_and_lock)
             try:
                 accepted, rejected, changes = await self._decide(conn, batch)
                 positions = await self._write(conn, accepted, changes)
@@ -273,16 +300,24 @@ class PostgresLog:
             counters.update(request.counters)
             if request.checkpoint:
                 consumers.add(request.checkpoint.consumer)
+        # One lookup per key, each through its index: with `= ANY($1)` a cached generic plan
+        # may choose a sequential scan (it did, on a table not yet analysed), making every
+        # batch slower as the log grows.
         rows = await conn.fetch(
             """
-            SELECT 'v', originator_id::text, max(originator_version)::text FROM events
-              WHERE originator_id = ANY($1::uuid[]) GROUP BY originator_id
+            SELECT 'v', id::text, (SELECT originator_version FROM events
+                                    WHERE originator_id = id
+                                    ORDER BY originator_version DESC LIMIT 1)::text
+              FROM unnest($1::uuid[]) AS ids(id)
             UNION ALL
-            SELECT 'r', key, owner::text FROM reservations WHERE key = ANY($2::text[])
+            SELECT 'r', k, (SELECT owner FROM reservations WHERE key = k)::text
+              FROM unnest($2::text[]) AS keys(k)
             UNION ALL
-            SELECT 'c', name, value::text FROM counters WHERE name = ANY($3::text[])
+            SELECT 'c', n, (SELECT value FROM counters WHERE name = n)::text
+              FROM unnest($3::text[]) AS names(n)
             UNION ALL
-            SELECT 't', consumer, position::text FROM tracking WHERE consumer = ANY($4::text[])
+            SELECT 't', c, (SELECT position FROM tracking WHERE consumer = c)::text
+              FROM unnest($4::text[]) AS consumers(c)
             """,
             list(ids),
             list(keys),
@@ -291,6 +326,8 @@ class PostgresLog:
         )
         state = _BatchState({}, {}, {}, {})
         for kind, name, value in rows:
+            if value is None:
+                continue
             if kind == "v":
                 state.versions[UUID(name)] = int(value)
             elif kind == "r":
@@ -355,55 +392,37 @@ class PostgresLog:
                 states.append(r.state)
         released = [k for k, v in holders.items() if v is None]
         claimed = [(k, v) for k, v in holders.items() if v is not None]
-        rows = await conn.fetch(
-            """
-            WITH ins AS (
-                INSERT INTO events (event_id, originator_id, originator_version, topic,
-                                    event_type, workspace_id, state, recorded_at)
-                SELECT *, (SELECT clock_timestamp())
-                FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
-                            $6::uuid[], $7::bytea[])
-                RETURNING position, event_id
-            ), released AS (
-                DELETE FROM reservations WHERE key = ANY($8::text[])
-            ), claimed AS (
-                INSERT INTO reservations (key, owner)
-                SELECT * FROM unnest($9::text[], $10::uuid[])
-                ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, claimed_at = now()
-            ), counted AS (
-                INSERT INTO counters (name, value)
-                SELECT * FROM unnest($11::text[], $12::bigint[])
-                ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value
-            ), tracked AS (
-                INSERT INTO tracking (consumer, position)
-                SELECT * FROM unnest($13::text[], $14::bigint[])
-                ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position,
-                                                     updated_at = now()
-            )
-            SELECT position, event_id FROM ins
-            """,
-            event_ids,
-            originators,
-            versions,
-            topics,
-            types,
-            workspaces,
-            states,
-            released,
-            [k for k, _ in claimed],
-            [v for _, v in claimed],
-            list(counters),
-            list(counters.values()),
-            list(tracking),
-            list(tracking.values()),
+        args: list[Any] = [event_ids, originators, versions, topics, types, workspaces, states]
+        parts = []
+        if released:
+            args.append(released)
+            parts.append(_RELEASE.format(len(args)))
+        if claimed:
+            args.extend(([k for k, _ in claimed], [v for _, v in claimed]))
+            parts.append(_CLAIM.format(len(args) - 1, len(args)))
+        if counters:
+            args.extend((list(counters), list(counters.values())))
+            parts.append(_COUNT.format(len(args) - 1, len(args)))
+        if tracking:
+            args.extend((list(tracking), list(tracking.values())))
+            parts.append(_TRACK.format(len(args) - 1, len(args)))
+        args.append(self.channel)
+        # Only the parts this batch needs: fewer plans to go wrong, less work per batch.
+        # asyncpg prepares each of the (at most 16) shapes once per connection.
+        sql = (
+            "WITH "
+            + ", ".join([_INSERT, *parts])
+            + f" SELECT position, event_id, (SELECT pg_notify(${len(args)}, '')) FROM ins"
         )
-        if event_ids:
-            await conn.execute("SELECT pg_notify($1, '')", self.channel)
+        rows = await conn.fetch(sql, *args)
         position_of = {row[1]: row[0] for row in rows}
-        return [
-            [position_of[event_id_for(r.originator_id, r.originator_version)] for r in records]
-            for _, records, _ in accepted
-        ]
+        positions: list[list[int]] = []
+        offset = 0
+        for _, records, _ in accepted:
+            ids = event_ids[offset : offset + len(records)]
+            positions.append([position_of[event_id] for event_id in ids])
+            offset += len(records)
+        return positions
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -543,10 +562,11 @@ class PostgresLog:
     async def close(self) -> None:
         """Stop taking appends, let every queued one finish, then release the listener."""
         self._closing = True
-        if self._writer is not None and not self._writer.done():
+        running = [task for task in self._writer_tasks if not task.done()]
+        for _ in running:
             await self._queue.put(None)
-            await self._writer
-        self._writer = None
+        await asyncio.gather(*running)
+        self._writer_tasks = []
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.remove_listener(self.channel, self._waker.wake)

@@ -796,3 +796,13 @@ async def test_close_lets_queued_appends_finish(pool: asyncpg.Pool, schema_name:
     assert len(await read_all(log)) == 300
     with pytest.raises(RuntimeError, match="closed"):
         await log.append(RecordAppend(WS, records=[new()]))
+
+
+async def test_versions_compare_as_numbers_past_nine(log: PostgresLog) -> None:
+    """Regression: the batch's version lookup once ordered versions as text ('9' > '10')."""
+    aggregate = uuid4()
+    for version in range(1, 13):
+        await log.append(RecordAppend(WS, records=[new(aggregate, version)]))
+    with pytest.raises(ConcurrencyConflict):
+        await log.append(RecordAppend(WS, records=[new(aggregate, 12)]))
+    assert [r.originator_version for r in await log.read_stream(aggregate)] == list(range(1, 13))
