@@ -14,6 +14,7 @@ from gateways.database import open_pool
 from gateways.event_store import PostgresEventStore
 from gateways.log_store import PostgresLog
 from gateways.settings import Settings
+from handlers.intake import LeadIntake
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +29,7 @@ class Engine:
     pool: asyncpg.Pool
     log: PostgresLog
     store: PostgresEventStore
+    intake: LeadIntake
     nats: NatsClient
     admin_token: str | None
     _closed: bool = field(default=False, repr=False)
@@ -64,13 +66,15 @@ async def start_engine(
         await pool.close()
         raise
     event_log = PostgresLog(pool, settings.database_schema)
+    store = PostgresEventStore(event_log)
     return Engine(
         settings=settings,
         database_url=database_url,
         nats_url=nats_url,
         pool=pool,
         log=event_log,
-        store=PostgresEventStore(event_log),
+        store=store,
+        intake=LeadIntake(store),
         nats=nc,
         admin_token=admin_token,
     )

@@ -42,8 +42,11 @@ class PostgresEventStore:
                 releases=append.releases,
                 counters=append.counters,
                 checkpoint=append.checkpoint,
+                idempotency=append.idempotency,
             )
         )
+        if result.replayed:
+            return Appended([], [], result.allocation, replayed=True)
         return Appended([*append.events, *built], result.positions, result.allocation)
 
     async def load(

@@ -90,6 +90,7 @@ class RecordAppend:
     releases: Sequence[str] = ()
     counters: Sequence[str] = ()
     checkpoint: Checkpoint | None = None
+    idempotency: Claim | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class RecordAppended:
     records: Sequence[NewRecord]
     positions: Sequence[int]
     allocation: Allocation
+    # True when the idempotency key was already held: nothing was written this time.
+    replayed: bool = False
 
 
 @dataclass
@@ -284,7 +287,11 @@ class PostgresLog:
             accepted, positions, strict=True
         ):
             if not pending.future.done():
-                pending.future.set_result(RecordAppended(records, record_positions, allocation))
+                claim = pending.request.idempotency
+                replayed = claim is not None and allocation.holders.get(claim.key) != claim.owner
+                pending.future.set_result(
+                    RecordAppended(records, record_positions, allocation, replayed)
+                )
 
     async def _load_state(self, conn: Connection, batch: list[_Pending]) -> _BatchState:
         ids: set[UUID] = set()
@@ -297,6 +304,8 @@ class PostgresLog:
             ids.update(request.expect)
             keys.update(c.key for c in request.claims)
             keys.update(request.releases)
+            if request.idempotency:
+                keys.add(request.idempotency.key)
             counters.update(request.counters)
             if request.checkpoint:
                 consumers.add(request.checkpoint.consumer)
@@ -587,6 +596,12 @@ def _decide_one(
     tuple[dict[UUID, int], dict[str, UUID | None], dict[str, int], dict[str, int]],
 ]:
     """Accept one command against `state` or raise; returns its records and state changes."""
+    if request.idempotency is not None:
+        key, owner = request.idempotency.key, request.idempotency.owner
+        holder = state.holders.get(key)
+        if holder is not None and holder != owner:
+            # A retry of a command already committed: write nothing, spend no counter value.
+            return [], Allocation({key: holder}, {}), ({}, {}, {}, {})
     for aggregate_id, expected in request.expect.items():
         current = state.versions.get(aggregate_id, 0)
         if current != expected:
@@ -594,7 +609,11 @@ def _decide_one(
                 f"aggregate {aggregate_id} is at version {current}, expected {expected}"
             )
     holders: dict[str, UUID | None] = {key: None for key in request.releases}
+    if request.idempotency is not None:
+        holders[request.idempotency.key] = request.idempotency.owner
     allocation_holders: dict[str, UUID] = {}
+    if request.idempotency is not None:
+        allocation_holders[request.idempotency.key] = request.idempotency.owner
     for claim in request.claims:
         current_holder = (
             holders[claim.key] if claim.key in holders else state.holders.get(claim.key)

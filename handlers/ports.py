@@ -86,6 +86,8 @@ class Append:
     releases: Sequence[str] = ()
     counters: Sequence[str] = ()
     checkpoint: Checkpoint | None = None
+    # A retried command (same key) writes nothing and returns `replayed` with the holder.
+    idempotency: Claim | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Appended:
     events: Sequence[DomainEvent]
     positions: Sequence[int]
     allocation: Allocation
+    replayed: bool = False
 
     @property
     def position(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 
 from gateways.bootstrap import Engine, check_nats, check_postgres
-from gateways.http import workspaces
+from gateways.http import leads, workspaces
 from gateways.http.errors import JsonResponse, install_error_handlers
 from gateways.http.middleware import BodyLimit, RequestContext
 
@@ -21,6 +21,7 @@ def create_app(engine: Engine) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=engine.settings.max_body_bytes)
     app.add_middleware(RequestContext)
     app.include_router(workspaces.router)
+    app.include_router(leads.router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> JsonResponse:

@@ -1,0 +1,48 @@
+"""Leads and receipts as JSON, in the wire names of DESIGN.md §4."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domain.leads import Lead, LeadDetails
+from handlers.intake import Receipt
+
+
+def details_json(details: LeadDetails) -> dict[str, Any]:
+    data = details.model_dump(mode="json", by_alias=True, exclude={"display_names"})
+    data["customFields"] = {**details.custom_fields, "_displayNames": dict(details.display_names)}
+    return data
+
+
+def lead_json(lead: Lead) -> dict[str, Any]:
+    details = details_json(lead.details)
+    return {
+        **details,
+        "id": str(lead.id),
+        "requestId": lead.request_id,
+        "name": lead.name,
+        "source": lead.source,
+        "status": lead.status,
+        "pipelineId": str(lead.pipeline_id) if lead.pipeline_id else None,
+        "stageId": str(lead.stage_id) if lead.stage_id else None,
+        "assignedTo": None,
+        "isDuplicate": lead.is_duplicate,
+        "duplicateOf": str(lead.duplicate_of) if lead.duplicate_of else None,
+        "emailValid": lead.email_valid,
+        "phoneValid": lead.phone_valid,
+        "createdAt": lead.created_on.isoformat(),
+        "updatedAt": lead.modified_on.isoformat(),
+    }
+
+
+def receipt_json(receipt: Receipt) -> dict[str, Any]:
+    return {
+        "id": str(receipt.lead_id),
+        "requestId": receipt.request_id,
+        "isDuplicate": receipt.is_duplicate,
+        "duplicateOf": str(receipt.duplicate_of) if receipt.duplicate_of else None,
+        "status": receipt.status,
+        "position": receipt.position,
+        "submissionId": str(receipt.submission_id) if receipt.submission_id else None,
+        "replayed": receipt.replayed,
+    }

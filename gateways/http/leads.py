@@ -1,0 +1,163 @@
+"""Routes for leads entered by hand and read back, and the customers leads belong to."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from domain.customers import Customer
+from domain.leads import Lead, LeadDetails, MissingName, Source
+from domain.workspaces import Permission
+from gateways.http.auth import engine_of, requires
+from gateways.http.errors import ApiError, JsonResponse
+from gateways.http.lead_json import lead_json, receipt_json
+from gateways.http.payloads import is_json, parse_json_object, validation_error
+from handlers import intake as commands
+from handlers.intake import Intake, UnknownCustomer
+from handlers.workspaces import Principal
+
+router = APIRouter(prefix="/v1", tags=["leads"])
+
+Viewer = Annotated[Principal, Depends(requires(Permission.LEADS_VIEW))]
+Manager = Annotated[Principal, Depends(requires(Permission.LEADS_MANAGE))]
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def workspace_of(caller: Principal, request: Request) -> UUID:
+    """A token's own workspace; the operator names one with X-Workspace-Id."""
+    if caller.workspace_id is not None:
+        return caller.workspace_id
+    header = request.headers.get("x-workspace-id")
+    if not header:
+        raise ApiError(
+            400, "workspace_required", "the operator must name a workspace in X-Workspace-Id"
+        )
+    try:
+        return UUID(header)
+    except ValueError:
+        raise ApiError(400, "bad_request", "X-Workspace-Id is not a UUID") from None
+
+
+def actor_of(caller: Principal) -> str:
+    return f"token:{caller.token_id}" if caller.token_id else "operator"
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise ApiError(
+            400,
+            "bad_idempotency_key",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
+        )
+    return key
+
+
+def parse_details(data: dict[str, Any]) -> LeadDetails:
+    try:
+        return LeadDetails.model_validate(data)
+    except ValidationError as error:
+        raise validation_error(error) from None
+
+
+async def receive(request: Request, intake: Intake) -> JsonResponse:
+    """Hand a lead to the intake, mapping its refusals to 4xx."""
+    try:
+        receipt = await engine_of(request).intake.receive(intake)
+    except MissingName as error:
+        raise ApiError(422, "name_required", str(error)) from None
+    except UnknownCustomer as error:
+        raise ApiError(422, "unknown_customer", str(error)) from None
+    return JsonResponse(receipt_json(receipt), status_code=201)
+
+
+@router.post("/leads", status_code=201)
+async def create_lead(request: Request, caller: Manager) -> JsonResponse:
+    """Enter a lead by hand (`name` required); `Idempotency-Key` makes retries safe."""
+    workspace_id = workspace_of(caller, request)
+    if not is_json(request.headers.get("content-type")):
+        raise ApiError(415, "unsupported_media_type", "send the lead as application/json")
+    data = parse_json_object(await request.body())
+    details = parse_details(data)
+    if not details.name:
+        raise ApiError(422, "name_required", "a lead entered by hand needs a name")
+    return await receive(
+        request,
+        Intake(
+            workspace_id=workspace_id,
+            details=details,
+            source=Source.MANUAL,
+            actor=actor_of(caller),
+            by_user=True,
+            idempotency_key=idempotency_key(request),
+        ),
+    )
+
+
+@router.get("/leads/{lead_id}")
+async def get_lead(lead_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
+    workspace_id = workspace_of(caller, request)
+    lead = await engine_of(request).store.load(Lead, lead_id)
+    if lead is None or lead.workspace_id != workspace_id:
+        raise ApiError(404, "not_found", f"lead {lead_id} does not exist")
+    return lead_json(lead)
+
+
+class RegisterCustomer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=500)
+    email: str | None = Field(default=None, max_length=500)
+    active: bool = False
+
+
+def customer_json(customer: Customer) -> dict[str, Any]:
+    return {
+        "id": str(customer.id),
+        "name": customer.name,
+        "email": customer.email,
+        "active": customer.active,
+    }
+
+
+@router.post("/customers", status_code=201, tags=["customers"])
+async def register_customer(
+    body: RegisterCustomer, request: Request, caller: Manager
+) -> dict[str, Any]:
+    """Make a customer known; `active` when they already have an account."""
+    workspace_id = workspace_of(caller, request)
+    store = engine_of(request).store
+    customer_id, position = await commands.register_customer(
+        store, workspace_id, body.name.strip(), body.email, body.active
+    )
+    customer = await store.load(Customer, customer_id)
+    assert customer is not None
+    return {**customer_json(customer), "position": position}
+
+
+@router.post("/customers/{customer_id}/activate", tags=["customers"])
+async def activate_customer(customer_id: UUID, request: Request, caller: Manager) -> dict[str, Any]:
+    """The customer registered an account: their pending leads move to backlog."""
+    workspace_id = workspace_of(caller, request)
+    try:
+        position = await commands.activate_customer(
+            engine_of(request).store, workspace_id, customer_id
+        )
+    except UnknownCustomer as error:
+        raise ApiError(404, "not_found", str(error)) from None
+    return {"id": str(customer_id), "active": True, "position": position}
+
+
+@router.get("/customers/{customer_id}", tags=["customers"])
+async def get_customer(customer_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
+    workspace_id = workspace_of(caller, request)
+    customer = await engine_of(request).store.load(Customer, customer_id)
+    if customer is None or customer.workspace_id != workspace_id:
+        raise ApiError(404, "not_found", f"customer {customer_id} does not exist")
+    return customer_json(customer)

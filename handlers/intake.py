@@ -1,0 +1,212 @@
+"""Receiving a lead from any channel: request number, duplicates, initial status, idempotency."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+from domain.base import DomainEvent
+from domain.customers import Customer
+from domain.leads import (
+    Lead,
+    LeadDetails,
+    Source,
+    Status,
+    dedup_keys,
+    dedup_scope,
+    initial_status,
+    resolve_name,
+)
+from domain.normalize import normalise_email, normalise_phone
+from domain.submissions import Submission
+from domain.workspaces import Workspace
+from handlers.ports import Allocation, Append, Claim, EventStore
+from handlers.workspaces import WorkspaceNotFound
+
+
+class UnknownCustomer(LookupError):
+    """The lead names a customer this workspace does not know."""
+
+
+@dataclass(frozen=True)
+class Intake:
+    """A lead as a channel hands it over."""
+
+    workspace_id: UUID
+    details: LeadDetails
+    source: Source
+    actor: str
+    by_user: bool = False
+    channel: str | None = None
+    fallback_name: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the channel tells the sender."""
+
+    lead_id: UUID
+    request_id: int
+    is_duplicate: bool
+    duplicate_of: UUID | None
+    status: str
+    position: int
+    submission_id: UUID | None = None
+    replayed: bool = False
+
+
+def request_counter(workspace_id: UUID) -> str:
+    return f"{workspace_id}:request_id"
+
+
+def idempotency_claim(workspace_id: UUID, key: str, owner: UUID) -> Claim:
+    return Claim(f"idem:{workspace_id}:{key}", owner)
+
+
+class LeadIntake:
+    """The one path every channel takes into the log."""
+
+    REGION_TTL = 60.0
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._regions: dict[UUID, tuple[str, float]] = {}
+
+    async def region_of(self, workspace_id: UUID) -> str:
+        """The workspace's default phone region (cached briefly: it is read on every lead)."""
+        cached = self._regions.get(workspace_id)
+        now = time.monotonic()
+        if cached and now - cached[1] < self.REGION_TTL:
+            return cached[0]
+        workspace = await self.store.load(Workspace, workspace_id)
+        if workspace is None:
+            raise WorkspaceNotFound(f"workspace {workspace_id} does not exist")
+        self._regions[workspace_id] = (workspace.default_region, now)
+        return workspace.default_region
+
+    async def receive(self, intake: Intake) -> Receipt:
+        details = intake.details
+        region = await self.region_of(intake.workspace_id)
+        name = resolve_name(details, intake.fallback_name)
+        email = normalise_email(details.email)
+        phone = normalise_phone(details.phone, region)
+        customer_active: bool | None = None
+        if details.customer_id is not None:
+            customer = await self.store.load(Customer, details.customer_id)
+            if customer is None or customer.workspace_id != intake.workspace_id:
+                raise UnknownCustomer(f"customer {details.customer_id} does not exist")
+            customer_active = customer.active
+        status, invite = initial_status(intake.source, customer_active)
+        lead_id = uuid.uuid4()
+        keys = dedup_keys(dedup_scope(intake.workspace_id, details.campaign_id), email, phone)
+        counter = request_counter(intake.workspace_id)
+        submission_ids: list[UUID] = []
+
+        def build(allocation: Allocation) -> Sequence[DomainEvent]:
+            originals = [h for h in (allocation.holder(k) for k in keys) if h != lead_id]
+            lead = Lead(  # type: ignore[call-arg]  # `id` comes from the library's metaclass
+                id=lead_id,
+                workspace_id=intake.workspace_id,
+                request_id=allocation.counter(counter),
+                source=intake.source,
+                channel=intake.channel,
+                actor=intake.actor,
+                by_user=intake.by_user,
+                name=name,
+                details=details,
+                email_normal=email.normal,
+                email_valid=email.valid,
+                phone_normal=phone.normal,
+                phone_valid=phone.valid,
+                is_duplicate=bool(originals),
+                duplicate_of=originals[0] if originals else None,
+                status=status,
+                idempotency_key=intake.idempotency_key,
+            )
+            if invite and details.customer_id is not None:
+                lead.request_invitation(details.customer_id)
+            events = list(lead.collect_events())
+            submission_ids.clear()
+            if details.campaign_id is not None:
+                submission = Submission(
+                    workspace_id=intake.workspace_id,
+                    lead_id=lead_id,
+                    campaign_id=details.campaign_id,
+                    source=intake.source,
+                    snapshot=details.model_dump(mode="json", by_alias=True),
+                )
+                submission_ids.append(submission.id)
+                events.extend(submission.collect_events())
+            return events
+
+        appended = await self.store.append(
+            Append(
+                intake.workspace_id,
+                build=build,
+                claims=[Claim(key, lead_id) for key in keys],
+                counters=[counter],
+                idempotency=(
+                    idempotency_claim(intake.workspace_id, intake.idempotency_key, lead_id)
+                    if intake.idempotency_key
+                    else None
+                ),
+            )
+        )
+        if appended.replayed:
+            assert intake.idempotency_key is not None
+            original = appended.allocation.holder(
+                idempotency_claim(intake.workspace_id, intake.idempotency_key, lead_id).key
+            )
+            return await self.receipt_of(original, replayed=True)
+        received = appended.events[0]
+        assert isinstance(received, Lead.Received)
+        return Receipt(
+            lead_id=lead_id,
+            request_id=received.request_id,
+            is_duplicate=received.is_duplicate,
+            duplicate_of=received.duplicate_of,
+            status=received.status,
+            position=appended.positions[0],
+            submission_id=submission_ids[0] if submission_ids else None,
+            replayed=False,
+        )
+
+    async def receipt_of(self, lead_id: UUID, *, replayed: bool) -> Receipt:
+        """The receipt the first submission got, for a retry of it."""
+        history = await self.store.history(lead_id)
+        received = history[0].event
+        assert isinstance(received, Lead.Received)
+        return Receipt(
+            lead_id=lead_id,
+            request_id=received.request_id,
+            is_duplicate=received.is_duplicate,
+            duplicate_of=received.duplicate_of,
+            status=received.status,
+            position=history[0].position,
+            replayed=replayed,
+        )
+
+
+async def register_customer(
+    store: EventStore, workspace_id: UUID, name: str, email: str | None, active: bool
+) -> tuple[UUID, int]:
+    customer = Customer(workspace_id=workspace_id, name=name, email=email, active=active)
+    appended = await store.append(Append(workspace_id, events=customer.collect_events()))
+    return customer.id, appended.position
+
+
+async def activate_customer(store: EventStore, workspace_id: UUID, customer_id: UUID) -> int:
+    customer = await store.load(Customer, customer_id)
+    if customer is None or customer.workspace_id != workspace_id:
+        raise UnknownCustomer(f"customer {customer_id} does not exist")
+    if not customer.activate():
+        return 0
+    appended = await store.append(Append(workspace_id, events=customer.collect_events()))
+    return appended.position
+
+
+__all__ = ["Intake", "LeadIntake", "Receipt", "Status", "UnknownCustomer"]
