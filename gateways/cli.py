@@ -27,6 +27,7 @@ from gateways.http.app import create_app
 from gateways.logs import configure_logging
 from gateways.servers import ServerUrls, admin_token, server_urls
 from gateways.settings import Settings
+from gateways.workers import build_workers
 from handlers import workspaces as commands
 
 app = typer.Typer(help="leadlog: an event-sourced lead processing engine.", no_args_is_help=True)
@@ -83,7 +84,10 @@ def _exit_on_sigterm(signum: int, _: FrameType | None) -> None:
 
 async def _serve(settings: Settings, urls: ServerUrls, token: str) -> None:
     engine = await start_engine(settings, urls.database_url, urls.nats_url, token)
+    workers = build_workers(engine)
     try:
+        for worker in workers:
+            await worker.start()
         config = uvicorn.Config(
             create_app(engine),
             host=settings.http_host,
@@ -101,6 +105,8 @@ async def _serve(settings: Settings, urls: ServerUrls, token: str) -> None:
         )
         await server.serve()
     finally:
+        for worker in reversed(workers):
+            await worker.stop()
         await engine.close()
 
 

@@ -1,0 +1,7 @@
+"""Routes: filled in by the intake channel work."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
