@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.ingest import bench_ingest
 from bench.report import Report
 from bench.store import run_store_benchmarks
 from gateways.embedded import EmbeddedStack
@@ -29,9 +30,10 @@ def servers() -> Iterator[tuple[str, str]]:
 
 def main() -> int:
     report = Report()
-    with servers() as (database_url, _nats_url):
+    with servers() as (database_url, nats_url):
         schema = f"bench_{uuid.uuid4().hex[:8]}"
-        asyncio.run(run_store_benchmarks(report, database_url, schema))
+        library_rate = asyncio.run(run_store_benchmarks(report, database_url, schema))
+        asyncio.run(bench_ingest(report, database_url, nats_url, library_rate))
     report.print()
     return 0
 

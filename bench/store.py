@@ -125,7 +125,8 @@ def bench_library_application(database_url: str, schema: str) -> float:
     return measured / elapsed
 
 
-async def run_store_benchmarks(report: Report, database_url: str, schema: str) -> None:
+async def run_store_benchmarks(report: Report, database_url: str, schema: str) -> float:
+    """Runs the store benchmarks; returns the library application's saves/s (a baseline)."""
     print(f"store appends, {CONCURRENCY} concurrent writers, {DURATION:.0f}s each", flush=True)
     setup = await asyncpg.connect(database_url)
     await setup.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
@@ -143,3 +144,4 @@ async def run_store_benchmarks(report: Report, database_url: str, schema: str) -
     report.add("raw asyncpg single-row INSERT (64 tasks)", raw, "inserts/s")
     report.add("ratio: store / eventsourcing application", ours / library, "x", at_least=4)
     report.add("ratio: store / raw INSERT", ours / raw, "x")
+    return library

@@ -15,6 +15,7 @@ from gateways.event_store import PostgresEventStore
 from gateways.log_store import PostgresLog
 from gateways.settings import Settings
 from handlers.intake import LeadIntake
+from handlers.workspaces import Authenticator
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +31,7 @@ class Engine:
     log: PostgresLog
     store: PostgresEventStore
     intake: LeadIntake
+    authenticator: Authenticator
     nats: NatsClient
     admin_token: str | None
     _closed: bool = field(default=False, repr=False)
@@ -75,6 +77,7 @@ async def start_engine(
         log=event_log,
         store=store,
         intake=LeadIntake(store),
+        authenticator=Authenticator(store, admin_token),
         nats=nc,
         admin_token=admin_token,
     )

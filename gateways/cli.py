@@ -17,6 +17,7 @@ from uuid import UUID
 import orjson
 import typer
 import uvicorn
+import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -95,6 +96,7 @@ async def _serve(settings: Settings, urls: ServerUrls, token: str) -> None:
             log_config=None,
             access_log=False,
             lifespan="off",
+            http="httptools",
         )
         server = _Server(config)
         err.print(
@@ -127,7 +129,7 @@ def _run_http(settings: Settings, *, start_servers: bool) -> None:
         raise fail("`serve` needs LEADLOG_DATABASE_URL and LEADLOG_NATS_URL (or use `leadlog up`)")
     try:
         with server_urls(settings, share_running=False) as urls:
-            asyncio.run(_serve(settings, urls, token))
+            uvloop.run(_serve(settings, urls, token))
     except StackAlreadyRunning as error:
         raise fail(str(error)) from None
     except EmbeddedStackError as error:

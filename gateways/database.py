@@ -9,6 +9,18 @@ import asyncpg
 from gateways.schema import check_schema_name, migrate
 
 
+class LeadlogConnection(asyncpg.Connection):
+    """A pooled connection released without the reset query.
+
+    asyncpg runs `RESET ALL; UNLISTEN *; ...` on every release, one more round trip per
+    query. Our connections keep no session state to undo; open transactions are still
+    rolled back on release whatever this returns.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def open_pool(
     database_url: str, schema: str, *, min_size: int = 2, max_size: int = 20, **kwargs: Any
 ) -> asyncpg.Pool:
@@ -24,6 +36,7 @@ async def open_pool(
         min_size=min_size,
         max_size=max_size,
         server_settings={"search_path": schema, "application_name": "leadlog"},
+        connection_class=LeadlogConnection,
         **kwargs,
     )
     assert pool is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID
@@ -105,7 +106,12 @@ async def issue_token(
     return IssuedToken(token.id, secret, workspace_id, role, appended.position)
 
 
-async def revoke_token(store: EventStore, workspace_id: UUID, token_id: UUID) -> int:
+async def revoke_token(
+    store: EventStore,
+    workspace_id: UUID,
+    token_id: UUID,
+    authenticator: Authenticator | None = None,
+) -> int:
     token = await store.load(ApiToken, token_id)
     if token is None or token.workspace_id != workspace_id:
         raise TokenNotFound(f"token {token_id} does not exist")
@@ -113,7 +119,42 @@ async def revoke_token(store: EventStore, workspace_id: UUID, token_id: UUID) ->
     appended = await store.append(
         Append(workspace_id, events=token.collect_events(), releases=[token_key(token.token_hash)])
     )
+    if authenticator is not None:
+        authenticator.forget(token.token_hash)
     return appended.position
+
+
+class Authenticator:
+    """Token → principal, remembered briefly: loading a token's events on every request
+    would cost more than the request's real work.
+
+    A revocation in this process takes effect at once (`forget`); another process serving
+    the API notices it within `ttl` seconds.
+    """
+
+    def __init__(self, store: EventStore, admin_token: str | None, ttl: float = 2.0) -> None:
+        self.store = store
+        self.admin_token = admin_token
+        self.ttl = ttl
+        self._known: dict[str, tuple[Principal | None, float]] = {}
+
+    async def authenticate(self, presented: str) -> Principal | None:
+        if self.admin_token and hmac.compare_digest(presented.encode(), self.admin_token.encode()):
+            return OPERATOR
+        digest = hash_token(presented)
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and now < known[1]:
+            return known[0]
+        principal = await authenticate(self.store, presented, None)
+        if len(self._known) > 10_000:
+            self._known.clear()
+        # Unknown tokens are remembered too, so guessing costs the store nothing.
+        self._known[digest] = (principal, now + self.ttl)
+        return principal
+
+    def forget(self, token_hash: str) -> None:
+        self._known.pop(token_hash, None)
 
 
 async def authenticate(

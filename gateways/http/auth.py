@@ -10,7 +10,7 @@ from fastapi import Request
 from domain.workspaces import Permission
 from gateways.bootstrap import Engine
 from gateways.http.errors import ApiError
-from handlers.workspaces import Principal, authenticate
+from handlers.workspaces import Principal
 
 
 def engine_of(request: Request) -> Engine:
@@ -25,7 +25,7 @@ async def principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not presented.strip():
         raise ApiError(401, "unauthorized", "a Bearer token is required")
     engine = engine_of(request)
-    found = await authenticate(engine.store, presented.strip(), engine.admin_token)
+    found = await engine.authenticator.authenticate(presented.strip())
     if found is None:
         raise ApiError(401, "unauthorized", "the token is not valid")
     return found

@@ -102,7 +102,8 @@ async def revoke_token(
     scoped = scoped_workspace(caller, workspace_id)
     if caller.role not in _MAY_ISSUE:
         raise ApiError(403, "forbidden", "this token may not revoke tokens")
-    position = await commands.revoke_token(engine_of(request).store, scoped, token_id)
+    engine = engine_of(request)
+    position = await commands.revoke_token(engine.store, scoped, token_id, engine.authenticator)
     return {"id": str(token_id), "revoked": True, "position": position}
 
 
