@@ -230,6 +230,13 @@ class Lead(Aggregate):
         reason: str
         actor: str
 
+    class StageChanged(Aggregate.Event):
+        pipeline_id: UUID
+        old_stage_id: UUID | None
+        new_stage_id: UUID
+        reason: str
+        actor: str
+
     @event(Received)
     def __init__(
         self,
@@ -281,3 +288,28 @@ class Lead(Aggregate):
     @event(StatusChanged)
     def _status_changed(self, old: str, new: str, reason: str, actor: str) -> None:
         self.status = new
+
+    def move_to_stage(self, pipeline_id: UUID, stage_id: UUID, reason: str, actor: str) -> bool:
+        """Put the lead in `stage_id` of `pipeline_id`; False when it is there already."""
+        if self.pipeline_id == pipeline_id and self.stage_id == stage_id:
+            return False
+        self._stage_changed(
+            pipeline_id=pipeline_id,
+            old_stage_id=self.stage_id,
+            new_stage_id=stage_id,
+            reason=reason,
+            actor=actor,
+        )
+        return True
+
+    @event(StageChanged)
+    def _stage_changed(
+        self,
+        pipeline_id: UUID,
+        old_stage_id: UUID | None,
+        new_stage_id: UUID,
+        reason: str,
+        actor: str,
+    ) -> None:
+        self.pipeline_id = pipeline_id
+        self.stage_id = new_stage_id

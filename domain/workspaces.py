@@ -61,10 +61,23 @@ class Workspace(Aggregate):
     class Renamed(Aggregate.Event):
         name: str
 
+    class PipelineActivated(Aggregate.Event):
+        pipeline_id: UUID
+
     @event(Created)
     def __init__(self, name: str, default_region: str = "US") -> None:
         self.name = name
         self.default_region = default_region
+        self.active_pipeline_id: UUID | None = None
+
+    def activate_pipeline(self, pipeline_id: UUID) -> None:
+        """New leads land in the first stage of the active pipeline."""
+        if pipeline_id != self.active_pipeline_id:
+            self._pipeline_activated(pipeline_id=pipeline_id)
+
+    @event(PipelineActivated)
+    def _pipeline_activated(self, pipeline_id: UUID) -> None:
+        self.active_pipeline_id = pipeline_id
 
     @event(Renamed)
     def rename(self, name: str) -> None:

@@ -13,11 +13,20 @@ from nats.aio.client import Client as NatsClient
 from gateways.database import open_pool
 from gateways.event_store import PostgresEventStore
 from gateways.log_store import PostgresLog
+from gateways.projector import Projector
+from gateways.read_models import LeadViews
 from gateways.settings import Settings
 from handlers.intake import LeadIntake
 from handlers.workspaces import Authenticator
+from projections.base import Projection
+from projections.leads import LeadList
+from projections.pending_leads import PendingLeads
+from projections.workspaces import WorkspaceDirectory
 
 log = structlog.get_logger(__name__)
+
+# Every read model the engine keeps; `leadlog up` runs them all.
+PROJECTIONS: tuple[Projection, ...] = (WorkspaceDirectory(), PendingLeads(), LeadList())
 
 
 @dataclass
@@ -32,6 +41,8 @@ class Engine:
     store: PostgresEventStore
     intake: LeadIntake
     authenticator: Authenticator
+    projector: Projector
+    lead_views: LeadViews
     nats: NatsClient
     admin_token: str | None
     _closed: bool = field(default=False, repr=False)
@@ -40,6 +51,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        await self.projector.stop()
         await self.log.close()
         if not self.nats.is_closed:
             await self.nats.drain()
@@ -69,6 +81,7 @@ async def start_engine(
         raise
     event_log = PostgresLog(pool, settings.database_schema)
     store = PostgresEventStore(event_log)
+    projector = Projector(pool, event_log, store, PROJECTIONS)
     return Engine(
         settings=settings,
         database_url=database_url,
@@ -78,6 +91,8 @@ async def start_engine(
         store=store,
         intake=LeadIntake(store),
         authenticator=Authenticator(store, admin_token),
+        projector=projector,
+        lead_views=LeadViews(projector),
         nats=nc,
         admin_token=admin_token,
     )

@@ -12,6 +12,12 @@ from domain.base import DomainEvent, event_type
 from gateways.log_store import NewRecord
 
 
+def _uuid_subclass(value: Any) -> str:
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
 class EventDecodeError(Exception):
     """A stored event could not be turned back into its domain event class."""
 
@@ -29,7 +35,7 @@ class EventCodec:
             originator_version=event.originator_version,
             topic=get_topic(type(event)),
             event_type=event_type(event),
-            state=orjson.dumps(state),
+            state=orjson.dumps(state, default=_uuid_subclass),
         )
 
     def decode(
@@ -48,7 +54,8 @@ class EventCodec:
             while from_version < class_version:
                 getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(data)
                 from_version += 1
-            data["originator_id"] = originator_id
+            # asyncpg's own UUID subclass must not leak into domain objects (orjson refuses it).
+            data["originator_id"] = UUID(int=originator_id.int)
             data["originator_version"] = originator_version
             return cls.model_validate(data)
         except Exception as error:

@@ -530,6 +530,16 @@ class PostgresLog:
                 continue
             await self._waker.wait_past(generation, self.poll_interval)
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever new events may have been committed (see `wait_for_commit`)."""
+        return self._waker.generation
+
+    async def wait_for_commit(self, generation: int, timeout: float) -> None:
+        """Return once `generation` is past (a commit may have happened) or after `timeout`."""
+        await self._ensure_listener()
+        await self._waker.wait_past(generation, timeout)
+
     async def _ensure_listener(self) -> None:
         async with self._listener_lock:
             if self._listener is not None and not self._listener.is_closed():

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateways.bootstrap import Engine
+from gateways.reactor import Reactor
+from gateways.read_models import PendingLeadsTable
+from handlers.customers import ReleasePendingLeads
 
 
 class Worker(Protocol):
@@ -17,4 +20,5 @@ class Worker(Protocol):
 
 def build_workers(engine: Engine) -> list[Worker]:
     """Every background consumer `leadlog up` runs, in start order."""
-    return []
+    release = ReleasePendingLeads(engine.store, PendingLeadsTable(engine.projector))
+    return [engine.projector, Reactor(engine.log, engine.store, release)]

@@ -21,6 +21,7 @@ from domain.leads import (
     resolve_name,
 )
 from domain.normalize import normalise_email, normalise_phone
+from domain.pipelines import Pipeline
 from domain.submissions import Submission
 from domain.workspaces import Workspace
 from handlers.ports import Allocation, Append, Claim, EventStore
@@ -43,6 +44,13 @@ class Intake:
     channel: str | None = None
     fallback_name: str | None = None
     idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    region: str
+    pipeline_id: UUID | None
+    stage_id: UUID | None
 
 
 @dataclass(frozen=True)
@@ -70,27 +78,44 @@ def idempotency_claim(workspace_id: UUID, key: str, owner: UUID) -> Claim:
 class LeadIntake:
     """The one path every channel takes into the log."""
 
-    REGION_TTL = 60.0
+    # Read on every lead, changed rarely: remembered this long. A pipeline reconfigured in
+    # another process is seen by this one's intake within this many seconds.
+    SETTINGS_TTL = 2.0
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
-        self._regions: dict[UUID, tuple[str, float]] = {}
+        self._settings: dict[UUID, tuple[Placement, float]] = {}
 
-    async def region_of(self, workspace_id: UUID) -> str:
-        """The workspace's default phone region (cached briefly: it is read on every lead)."""
-        cached = self._regions.get(workspace_id)
+    async def placement(self, workspace_id: UUID) -> Placement:
+        """The workspace's phone region and where its new leads land."""
+        cached = self._settings.get(workspace_id)
         now = time.monotonic()
-        if cached and now - cached[1] < self.REGION_TTL:
+        if cached and now - cached[1] < self.SETTINGS_TTL:
             return cached[0]
         workspace = await self.store.load(Workspace, workspace_id)
         if workspace is None:
             raise WorkspaceNotFound(f"workspace {workspace_id} does not exist")
-        self._regions[workspace_id] = (workspace.default_region, now)
-        return workspace.default_region
+        pipeline_id = stage_id = None
+        if workspace.active_pipeline_id is not None:
+            pipeline = await self.store.load(Pipeline, workspace.active_pipeline_id)
+            if pipeline is not None and not pipeline.deleted:
+                pipeline_id, stage_id = pipeline.id, pipeline.first_stage.id
+        placement = Placement(workspace.default_region, pipeline_id, stage_id)
+        self._settings[workspace_id] = (placement, now)
+        return placement
+
+    async def region_of(self, workspace_id: UUID) -> str:
+        """The workspace's phone region; raises WorkspaceNotFound for an unknown workspace."""
+        return (await self.placement(workspace_id)).region
+
+    def forget(self, workspace_id: UUID) -> None:
+        """Drop what is remembered of a workspace (after changing its pipelines here)."""
+        self._settings.pop(workspace_id, None)
 
     async def receive(self, intake: Intake) -> Receipt:
         details = intake.details
-        region = await self.region_of(intake.workspace_id)
+        placement = await self.placement(intake.workspace_id)
+        region = placement.region
         name = resolve_name(details, intake.fallback_name)
         email = normalise_email(details.email)
         phone = normalise_phone(details.phone, region)
@@ -126,6 +151,8 @@ class LeadIntake:
                 duplicate_of=originals[0] if originals else None,
                 status=status,
                 idempotency_key=intake.idempotency_key,
+                pipeline_id=placement.pipeline_id,
+                stage_id=placement.stage_id,
             )
             if invite and details.customer_id is not None:
                 lead.request_invitation(details.customer_id)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID
 
+from domain.pipelines import DEFAULT_PIPELINE_NAME, Pipeline, default_stages
 from domain.workspaces import ROLE_PERMISSIONS, ApiToken, Permission, Role, Workspace, clean_name
 from handlers.ports import Append, Claim, EventStore
 
@@ -72,8 +73,18 @@ def new_secret() -> str:
 
 
 async def create_workspace(store: EventStore, name: str, default_region: str = "US") -> Created:
+    """A workspace and its default pipeline, in one append: neither exists without the other."""
     workspace = Workspace(name=clean_name(name, "workspace name"), default_region=default_region)
-    appended = await store.append(Append(workspace.id, events=workspace.collect_events()))
+    pipeline = Pipeline(
+        workspace_id=workspace.id,
+        name=DEFAULT_PIPELINE_NAME,
+        stages=default_stages(),
+        is_default=True,
+    )
+    workspace.activate_pipeline(pipeline.id)
+    appended = await store.append(
+        Append(workspace.id, events=[*workspace.collect_events(), *pipeline.collect_events()])
+    )
     return Created(workspace.id, appended.position)
 
 

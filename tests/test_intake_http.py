@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from domain.leads import Lead
+from domain.pipelines import Pipeline
+from domain.workspaces import Workspace
 from gateways.bootstrap import Engine
 from tests.conftest import OPERATOR, bearer
 
@@ -264,3 +266,25 @@ async def test_control_characters_are_cleaned(
     assert lead["name"] == "Ann"
     assert lead["company"] == "Acme"
     assert lead["customFields"] == {"k": "v", "_displayNames": {}}
+
+
+async def test_new_leads_land_in_the_first_stage_of_the_active_pipeline(
+    client: httpx.AsyncClient, workspace: dict[str, str], engine: Engine
+) -> None:
+    stored = await engine.store.load(Workspace, uuid.UUID(workspace["id"]))
+    assert stored is not None and stored.active_pipeline_id is not None
+    pipeline = await engine.store.load(Pipeline, stored.active_pipeline_id)
+    assert pipeline is not None
+    assert [s.name for s in pipeline.stages] == [
+        "New",
+        "Contacted",
+        "Qualified",
+        "Proposal",
+        "Won",
+        "Lost",
+    ]
+    assert [s.type for s in pipeline.stages][-2:] == ["won", "lost"]
+    response = await post_lead(client, workspace, {"name": "Staged"})
+    lead = (await client.get(f"/v1/leads/{response.json()['id']}", headers=auth(workspace))).json()
+    assert lead["pipelineId"] == str(pipeline.id)
+    assert lead["stageId"] == str(pipeline.stages[0].id)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 
 from gateways.bootstrap import Engine, check_nats, check_postgres
-from gateways.http import forms, imports, inbound_webhooks, leads, submit, workspaces
+from gateways.http import (
+    forms,
+    imports,
+    inbound_webhooks,
+    leads,
+    pipelines,
+    submit,
+    workspaces,
+)
 from gateways.http.errors import JsonResponse, install_error_handlers
 from gateways.http.middleware import BodyLimit, RequestContext
 
@@ -22,6 +30,7 @@ def create_app(engine: Engine) -> FastAPI:
     app.add_middleware(RequestContext)
     app.include_router(workspaces.router)
     app.include_router(leads.router)
+    app.include_router(pipelines.router)
     app.include_router(inbound_webhooks.router)
     app.include_router(submit.router)
     app.include_router(forms.router)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from domain.customers import Customer
@@ -15,6 +15,8 @@ from gateways.http.auth import engine_of, requires
 from gateways.http.errors import ApiError, JsonResponse
 from gateways.http.lead_json import lead_json, receipt_json
 from gateways.http.payloads import is_json, parse_json_object, validation_error
+from gateways.http.views import await_position
+from gateways.read_models import LeadFilter
 from handlers import intake as commands
 from handlers.intake import Intake, UnknownCustomer
 from handlers.workspaces import Principal
@@ -25,6 +27,7 @@ Viewer = Annotated[Principal, Depends(requires(Permission.LEADS_VIEW))]
 Manager = Annotated[Principal, Depends(requires(Permission.LEADS_MANAGE))]
 
 MAX_IDEMPOTENCY_KEY = 255
+SortBy = Literal["createdAt", "updatedAt", "name", "requestId", "status"]
 
 
 def workspace_of(caller: Principal, request: Request) -> UUID:
@@ -98,6 +101,47 @@ async def create_lead(request: Request, caller: Manager) -> JsonResponse:
             idempotency_key=idempotency_key(request),
         ),
     )
+
+
+@router.get("/leads")
+async def list_leads(
+    request: Request,
+    caller: Viewer,
+    search: Annotated[str | None, Query(max_length=200)] = None,
+    stage_id: Annotated[UUID | None, Query(alias="stageId")] = None,
+    pipeline_id: Annotated[UUID | None, Query(alias="pipelineId")] = None,
+    source: str | None = None,
+    assigned_to: Annotated[str | None, Query(alias="assignedTo")] = None,
+    tag: str | None = None,
+    status: str | None = None,
+    is_duplicate: Annotated[bool | None, Query(alias="isDuplicate")] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    sort_by: Annotated[SortBy, Query(alias="sortBy")] = "createdAt",
+    sort_order: Annotated[Literal["asc", "desc"], Query(alias="sortOrder")] = "desc",
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> dict[str, Any]:
+    """The workspace's leads, filtered, sorted and paged (`after`: read your own writes)."""
+    workspace_id = workspace_of(caller, request)
+    await await_position(request, after)
+    items, total = await engine_of(request).lead_views.page(
+        workspace_id,
+        LeadFilter(
+            search=search,
+            pipeline_id=pipeline_id,
+            stage_id=stage_id,
+            source=source,
+            assigned_to=assigned_to,
+            tag=tag,
+            status=status,
+            is_duplicate=is_duplicate,
+        ),
+        page=page,
+        limit=limit,
+        sort_by=sort_by,
+        descending=sort_order == "desc",
+    )
+    return {"items": items, "total": total, "page": page, "limit": limit}
 
 
 @router.get("/leads/{lead_id}")

@@ -1,0 +1,233 @@
+"""Routes for pipelines and the Kanban board (`/v1/lead-pipelines`)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from domain.pipelines import InvalidPipeline, Pipeline, Stage, StageType
+from domain.workspaces import Permission, Workspace
+from gateways.http.auth import engine_of, requires
+from gateways.http.errors import ApiError
+from gateways.http.leads import actor_of, workspace_of
+from gateways.http.views import await_position
+from gateways.read_models import LeadFilter, LeadsInStagesView
+from handlers import pipelines as commands
+from handlers.pipelines import PipelineNotFound
+from handlers.workspaces import Principal
+
+router = APIRouter(prefix="/v1/lead-pipelines", tags=["pipelines"])
+
+Viewer = Annotated[Principal, Depends(requires(Permission.LEADS_VIEW))]
+Manager = Annotated[Principal, Depends(requires(Permission.LEADS_MANAGE))]
+
+
+class StageBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: UUID | None = None
+    name: str = Field(min_length=1, max_length=100)
+    color: str = Field(default="#64748B", pattern=r"^#[0-9A-Fa-f]{6}$")
+    type: StageType = StageType.OPEN
+
+
+class CreatePipeline(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    stages: list[StageBody] = Field(min_length=2, max_length=50)
+
+
+class UpdatePipeline(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    stages: list[StageBody] | None = Field(default=None, min_length=2, max_length=50)
+    move_leads_to: dict[UUID, UUID] = Field(default_factory=dict, alias="moveLeadsTo")
+
+
+def to_stages(bodies: list[StageBody]) -> list[Stage]:
+    try:
+        return [
+            Stage(id=b.id or uuid.uuid4(), name=b.name, color=b.color, type=b.type) for b in bodies
+        ]
+    except ValidationError as error:
+        raise ApiError(422, "validation_failed", str(error)) from None
+
+
+async def pipeline_json(request: Request, pipeline: Pipeline, workspace_id: UUID) -> dict[str, Any]:
+    workspace = await engine_of(request).store.load(Workspace, workspace_id)
+    return {
+        "id": str(pipeline.id),
+        "name": pipeline.name,
+        "isDefault": pipeline.is_default,
+        "isActive": workspace is not None and workspace.active_pipeline_id == pipeline.id,
+        "stages": [
+            {"id": str(s.id), "name": s.name, "color": s.color, "type": s.type, "order": i}
+            for i, s in enumerate(pipeline.stages)
+        ],
+    }
+
+
+def _refused(error: Exception) -> ApiError:
+    if isinstance(error, PipelineNotFound):
+        return ApiError(404, "not_found", str(error))
+    return ApiError(422, "invalid_pipeline", str(error))
+
+
+@router.get("")
+async def list_pipelines(request: Request, caller: Viewer) -> dict[str, Any]:
+    workspace_id = workspace_of(caller, request)
+    pipelines = await commands.list_pipelines(engine_of(request).store, workspace_id)
+    items = [await pipeline_json(request, p, workspace_id) for p in pipelines]
+    return {"items": items, "total": len(items)}
+
+
+@router.post("", status_code=201)
+async def create_pipeline(
+    body: CreatePipeline, request: Request, caller: Manager
+) -> dict[str, Any]:
+    workspace_id = workspace_of(caller, request)
+    try:
+        changed = await commands.create_pipeline(
+            engine_of(request).store, workspace_id, body.name.strip(), to_stages(body.stages)
+        )
+    except (InvalidPipeline, PipelineNotFound) as error:
+        raise _refused(error) from None
+    return {
+        **await pipeline_json(request, changed.pipeline, workspace_id),
+        "position": changed.position,
+    }
+
+
+@router.post("/ensure-default")
+async def ensure_default(request: Request, caller: Manager) -> dict[str, Any]:
+    workspace_id = workspace_of(caller, request)
+    changed = await commands.ensure_default(engine_of(request).store, workspace_id)
+    engine_of(request).intake.forget(workspace_id)
+    return {
+        **await pipeline_json(request, changed.pipeline, workspace_id),
+        "position": changed.position,
+    }
+
+
+@router.patch("/{pipeline_id}")
+async def update_pipeline(
+    pipeline_id: UUID, body: UpdatePipeline, request: Request, caller: Manager
+) -> dict[str, Any]:
+    workspace_id = workspace_of(caller, request)
+    engine = engine_of(request)
+    try:
+        changed = await commands.update_pipeline(
+            engine.store,
+            LeadsInStagesView(engine.lead_views),
+            workspace_id,
+            pipeline_id,
+            name=body.name.strip() if body.name else None,
+            stages=to_stages(body.stages) if body.stages is not None else None,
+            move_leads_to=body.move_leads_to,
+            actor=actor_of(caller),
+        )
+    except (InvalidPipeline, PipelineNotFound) as error:
+        raise _refused(error) from None
+    engine.intake.forget(workspace_id)
+    return {
+        **await pipeline_json(request, changed.pipeline, workspace_id),
+        "position": changed.position,
+    }
+
+
+@router.delete("/{pipeline_id}")
+async def delete_pipeline(pipeline_id: UUID, request: Request, caller: Manager) -> dict[str, Any]:
+    workspace_id = workspace_of(caller, request)
+    engine = engine_of(request)
+    try:
+        position = await commands.delete_pipeline(
+            engine.store, LeadsInStagesView(engine.lead_views), workspace_id, pipeline_id
+        )
+    except (InvalidPipeline, PipelineNotFound) as error:
+        raise _refused(error) from None
+    engine.intake.forget(workspace_id)
+    return {"id": str(pipeline_id), "deleted": True, "position": position}
+
+
+def _encode_cursor(cursor: tuple[datetime, UUID] | None) -> str | None:
+    if cursor is None:
+        return None
+    raw = orjson.dumps([cursor[0].isoformat(), str(cursor[1])])
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_cursor(cursor: str | None) -> tuple[datetime, UUID] | None:
+    if not cursor:
+        return None
+    try:
+        created, lead_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), UUID(lead_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise ApiError(400, "bad_cursor", "the cursor is not one this API gave out") from None
+
+
+@router.get("/{pipeline_id}/board")
+async def board(
+    pipeline_id: UUID,
+    request: Request,
+    caller: Viewer,
+    search: Annotated[str | None, Query(max_length=200)] = None,
+    source: str | None = None,
+    assigned_to: Annotated[str | None, Query(alias="assignedTo")] = None,
+    tag: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    stage_id: Annotated[UUID | None, Query(alias="stageId")] = None,
+    cursor: str | None = None,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> dict[str, Any]:
+    """Columns in stage order with their counts and first cards; `stageId` + `cursor` pages
+    one column further."""
+    workspace_id = workspace_of(caller, request)
+    engine = engine_of(request)
+    try:
+        pipeline = await commands.load_pipeline(engine.store, workspace_id, pipeline_id)
+    except PipelineNotFound as error:
+        raise ApiError(404, "not_found", str(error)) from None
+    await await_position(request, after)
+    stages = pipeline.stages
+    if stage_id is not None:
+        stages = [s for s in stages if s.id == stage_id]
+        if not stages:
+            raise ApiError(404, "not_found", f"stage {stage_id} is not in this pipeline")
+    columns = []
+    for stage in stages:
+        where = LeadFilter(
+            search=search,
+            pipeline_id=pipeline.id,
+            stage_id=stage.id,
+            source=source,
+            assigned_to=assigned_to,
+            tag=tag,
+        )
+        cards, count, next_cursor = await engine.lead_views.column(
+            workspace_id,
+            where,
+            limit=limit,
+            cursor=_decode_cursor(cursor) if stage_id is not None else None,
+        )
+        columns.append(
+            {
+                "stageId": str(stage.id),
+                "name": stage.name,
+                "color": stage.color,
+                "type": stage.type,
+                "count": count,
+                "cards": cards,
+                "nextCursor": _encode_cursor(next_cursor),
+            }
+        )
+    return {"pipelineId": str(pipeline.id), "name": pipeline.name, "columns": columns}
