@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import event
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from domain.base import Aggregate
@@ -54,6 +61,15 @@ class Attachment(WireModel):
     size: int | None = Field(default=None, ge=0)
 
 
+STORED = "stored"
+
+
+def stored(info: ValidationInfo) -> bool:
+    """True while decoding an event from the log: it was cleaned when it came in, and
+    cleaning it again on every read would only cost time."""
+    return bool(info.context and info.context.get(STORED))
+
+
 def _short(value: Any) -> Any:
     return clean_text(value, max_length=SHORT_TEXT) or None if isinstance(value, str) else value
 
@@ -84,74 +100,79 @@ class LeadDetails(WireModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _split_display_names(cls, data: Any) -> Any:
-        # On the wire the display names travel inside customFields as `_displayNames`.
-        if isinstance(data, dict):
-            fields = data.get("customFields", data.get("custom_fields"))
-            if isinstance(fields, dict) and "_displayNames" in fields:
-                fields = dict(fields)
-                names = fields.pop("_displayNames")
-                data = {**data, "customFields": fields}
-                data.pop("custom_fields", None)
-                if isinstance(names, dict):
-                    data.setdefault("displayNames", names)
+    def _clean(cls, data: Any, info: ValidationInfo) -> Any:
+        # One pass over the raw input; skipped for events read back from the log.
+        if stored(info) or not isinstance(data, dict):
+            return data
+        data = _split_display_names(data)
+        for field, clean in _CLEANERS.items():
+            for key in (field, to_camel(field)):
+                if key in data:
+                    data[key] = clean(data[key])
         return data
 
-    @field_validator(
-        "name",
-        "email",
-        "phone",
-        "company",
-        "title",
-        "category",
-        "product",
-        "created_by",
-        mode="before",
-    )
-    @classmethod
-    def _clean_short(cls, value: Any) -> Any:
-        return _short(value)
 
-    @field_validator("description", mode="before")
-    @classmethod
-    def _clean_long(cls, value: Any) -> Any:
-        return clean_text(value, max_length=LONG_TEXT) or None if isinstance(value, str) else value
+def _split_display_names(data: dict[str, Any]) -> dict[str, Any]:
+    """On the wire the display names travel inside customFields as `_displayNames`."""
+    data = dict(data)
+    fields = data.get("customFields", data.get("custom_fields"))
+    if isinstance(fields, dict) and "_displayNames" in fields:
+        fields = dict(fields)
+        names = fields.pop("_displayNames")
+        data.pop("custom_fields", None)
+        data["customFields"] = fields
+        if isinstance(names, dict):
+            data.setdefault("displayNames", names)
+    return data
 
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _clean_tags(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.split(",")
-        if isinstance(value, list | tuple):
-            seen: dict[str, None] = {}
-            for tag in value:
-                cleaned = clean_text(str(tag), max_length=100)
-                if cleaned:
-                    seen.setdefault(cleaned, None)
-            if len(seen) > MAX_TAGS:
-                raise ValueError(f"at most {MAX_TAGS} tags")
-            return tuple(seen)
-        return value
 
-    @field_validator("custom_fields", "answers", "consent", mode="before")
-    @classmethod
-    def _clean_json(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            if len(value) > MAX_CUSTOM_FIELDS:
-                raise ValueError(f"at most {MAX_CUSTOM_FIELDS} fields")
-            return clean_json(value)
-        return value
+def _long(value: Any) -> Any:
+    return clean_text(value, max_length=LONG_TEXT) or None if isinstance(value, str) else value
 
-    @field_validator("display_names", "attribution", mode="before")
-    @classmethod
-    def _clean_strings(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {
-                clean_text(str(k), max_length=SHORT_TEXT): clean_text(str(v), max_length=LONG_TEXT)
-                for k, v in value.items()
-                if v is not None
-            }
-        return value
+
+def _tags(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list | tuple):
+        seen: dict[str, None] = {}
+        for tag in value:
+            cleaned = clean_text(str(tag), max_length=100)
+            if cleaned:
+                seen.setdefault(cleaned, None)
+        if len(seen) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags")
+        return tuple(seen)
+    return value
+
+
+def _json_fields(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) > MAX_CUSTOM_FIELDS:
+            raise ValueError(f"at most {MAX_CUSTOM_FIELDS} fields")
+        return clean_json(value)
+    return value
+
+
+def _string_map(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            clean_text(str(k), max_length=SHORT_TEXT): clean_text(str(v), max_length=LONG_TEXT)
+            for k, v in value.items()
+            if v is not None
+        }
+    return value
+
+
+_CLEANERS: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(
+        ("name", "email", "phone", "company", "title", "category", "product", "created_by"),
+        _short,
+    ),
+    "description": _long,
+    "tags": _tags,
+    **dict.fromkeys(("custom_fields", "answers", "consent"), _json_fields),
+    **dict.fromkeys(("display_names", "attribution"), _string_map),
+}
 
 
 class MissingName(ValueError):

@@ -9,7 +9,10 @@ import orjson
 from eventsourcing.utils import get_topic, resolve_topic
 
 from domain.base import DomainEvent, event_type
+from domain.leads import STORED
 from gateways.log_store import NewRecord
+
+_STORED = {STORED: True}
 
 
 def _uuid_subclass(value: Any) -> str:
@@ -57,7 +60,7 @@ class EventCodec:
             # asyncpg's own UUID subclass must not leak into domain objects (orjson refuses it).
             data["originator_id"] = UUID(int=originator_id.int)
             data["originator_version"] = originator_version
-            return cls.model_validate(data)
+            return cls.model_validate(data, context=_STORED)
         except Exception as error:
             raise EventDecodeError(
                 f"cannot decode {topic} v{originator_version} of {originator_id}: {error}"

@@ -544,13 +544,17 @@ class PostgresLog:
         async with self._listener_lock:
             if self._listener is not None and not self._listener.is_closed():
                 return
+            listener = await self.pool.acquire()
             try:
-                listener = await self.pool.acquire()
                 await listener.add_listener(self.channel, self._waker.wake)
-                self._listener = listener
-            except Exception as error:  # followers still poll; a missing wake-up only slows them
+            except BaseException as error:
+                # Cancelled or refused: give the connection back rather than leak it.
+                await self.pool.release(listener)
+                if not isinstance(error, Exception):
+                    raise
                 log.warning("LISTEN failed; followers will poll", error=repr(error))
-                self._listener = None
+                return
+            self._listener = listener
 
     # ---- tracking ----------------------------------------------------------------------
 

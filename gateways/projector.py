@@ -216,7 +216,7 @@ class _Runner:
         self._last_commit = 0.0
         types = projection.event_types
         self._types = sorted(types) if types is not None else None
-        self._lock_key = f"leadlog.consumer.{projector.log.schema}.{consumer}"
+        self.lock_key = f"leadlog.consumer.{projector.log.schema}.{consumer}"
 
     # ---- control ------------------------------------------------------------------------
 
@@ -420,7 +420,7 @@ class _Runner:
         projector = self.projector
         resolves = self.open_error is not None and upto >= self.open_error
         async with projector.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._lock_key)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.lock_key)
             # A statement of its own, after the lock: its snapshot sees the other instance's
             # commit that the lock waited for.
             current = await conn.fetchval(
@@ -606,36 +606,40 @@ class Projector:
         The projection is then restarted if this projector is running.
         """
         runner = self._runner(name)
+        resume = runner.task is not None and not runner.task.done()
         await runner.stop()
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", runner._lock_key)
-            current = await conn.fetchval(
-                "SELECT position FROM tracking WHERE consumer = $1", runner.consumer
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", runner.lock_key)
+                current = await conn.fetchval(
+                    "SELECT position FROM tracking WHERE consumer = $1", runner.consumer
+                )
+                event_type = await conn.fetchval(
+                    """
+                    UPDATE consumer_errors
+                       SET resolved_at = now(), resolution = 'skipped', skipped_by = $3
+                     WHERE consumer = $1 AND position = $2 AND resolved_at IS NULL
+                    RETURNING event_type
+                    """,
+                    runner.consumer,
+                    position,
+                    by,
+                )
+                if event_type is None:
+                    raise LookupError(f"{runner.consumer} has no unresolved error at {position}")
+                if (current or 0) < position:
+                    await self.log.record_checkpoint(conn, Checkpoint(runner.consumer, position))
+            log.warning(
+                "event skipped",
+                consumer=runner.consumer,
+                position=position,
+                event_type=event_type,
+                skipped_by=by,
             )
-            event_type = await conn.fetchval(
-                """
-                UPDATE consumer_errors
-                   SET resolved_at = now(), resolution = 'skipped', skipped_by = $3
-                 WHERE consumer = $1 AND position = $2 AND resolved_at IS NULL
-                RETURNING event_type
-                """,
-                runner.consumer,
-                position,
-                by,
-            )
-            if event_type is None:
-                raise LookupError(f"{runner.consumer} has no unresolved error at {position}")
-            if (current or 0) < position:
-                await self.log.record_checkpoint(conn, Checkpoint(runner.consumer, position))
-        log.warning(
-            "event skipped",
-            consumer=runner.consumer,
-            position=position,
-            event_type=event_type,
-            skipped_by=by,
-        )
-        if self._started and runner.state is not State.NEEDS_REBUILD:
-            runner.start()
+            resume = True
+        finally:
+            if resume and self._started and runner.state is not State.NEEDS_REBUILD:
+                runner.start()
 
     async def build(
         self,
