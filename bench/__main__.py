@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.ingest import bench_ingest
+from bench.projections import run_projection_benchmarks
 from bench.report import Report
 from bench.store import run_store_benchmarks
 from gateways.embedded import EmbeddedStack
@@ -34,6 +35,7 @@ def main() -> int:
         schema = f"bench_{uuid.uuid4().hex[:8]}"
         library_rate = asyncio.run(run_store_benchmarks(report, database_url, schema))
         asyncio.run(bench_ingest(report, database_url, nats_url, library_rate))
+        asyncio.run(run_projection_benchmarks(report, database_url))
     report.print()
     return 0
 

@@ -67,7 +67,10 @@ async def bench_catch_up(report: Report, database_url: str) -> None:
         workspace = (await create_workspace(store, "bench")).id
         started = time.perf_counter()
         await _fill(log, workspace, CATCH_UP_EVENTS)
-        print(f"    filled {CATCH_UP_EVENTS} events in {time.perf_counter() - started:.1f}s", flush=True)
+        print(
+            f"    filled {CATCH_UP_EVENTS} events in {time.perf_counter() - started:.1f}s",
+            flush=True,
+        )
         head = await log.max_position()
         process = psutil.Process()
         projector = Projector(pool, log, store, [LeadList()], batch_size=2000)
