@@ -13,7 +13,7 @@ from domain.leads import Lead, LeadDetails, Source, Status
 from gateways.codec import EventCodec
 from gateways.database import open_pool
 from gateways.event_store import PostgresEventStore
-from gateways.log_store import PostgresLog, RecordAppend
+from gateways.log_store import NewRecord, PostgresLog, RecordAppend
 from gateways.projector import Projector
 from handlers.intake import Intake, LeadIntake
 from handlers.workspaces import create_workspace
@@ -30,7 +30,7 @@ async def _fill(log: PostgresLog, workspace_id: uuid.UUID, count: int) -> None:
     details = LeadDetails(name="Bench", company="Bench Co", tags=("bench",))
 
     def records(start: int) -> RecordAppend:
-        out = []
+        out: list[NewRecord] = []
         for n in range(start, min(start + LEADS_PER_APPEND, count)):
             lead = Lead(  # type: ignore[call-arg]
                 id=uuid.uuid4(),
