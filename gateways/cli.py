@@ -293,3 +293,13 @@ def status(as_json: JsonFlag = False) -> None:
             consumer["updatedAt"],
         )
     out.print(table if consumers else "no consumers have recorded a position yet")
+
+
+def _register_subcommands() -> None:
+    # Imported here: these modules import helpers from this one.
+    from gateways.cli_import import import_command  # noqa: PLC0415
+
+    app.command("import")(import_command)
+
+
+_register_subcommands()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -85,13 +86,34 @@ class LeadIntake:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self._settings: dict[UUID, tuple[Placement, float]] = {}
+        self._loading: dict[UUID, asyncio.Future[Placement]] = {}
 
     async def placement(self, workspace_id: UUID) -> Placement:
         """The workspace's phone region and where its new leads land."""
         cached = self._settings.get(workspace_id)
-        now = time.monotonic()
-        if cached and now - cached[1] < self.SETTINGS_TTL:
+        if cached and time.monotonic() - cached[1] < self.SETTINGS_TTL:
             return cached[0]
+        # One load per workspace at a time: when the entry expires under load, every
+        # caller but the first waits for that one instead of loading it again.
+        loading = self._loading.get(workspace_id)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        future: asyncio.Future[Placement] = asyncio.get_running_loop().create_future()
+        self._loading[workspace_id] = future
+        try:
+            placement = await self._load_placement(workspace_id)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: waiting callers get it, nobody else must
+            raise
+        else:
+            future.set_result(placement)
+            return placement
+        finally:
+            del self._loading[workspace_id]
+
+    async def _load_placement(self, workspace_id: UUID) -> Placement:
+        now = time.monotonic()
         workspace = await self.store.load(Workspace, workspace_id)
         if workspace is None:
             raise WorkspaceNotFound(f"workspace {workspace_id} does not exist")
