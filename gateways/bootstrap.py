@@ -21,12 +21,20 @@ from handlers.workspaces import Authenticator
 from projections.base import Projection
 from projections.leads import LeadList
 from projections.pending_leads import PendingLeads
+from projections.submissions import SubmissionsView
+from projections.timeline import LeadTimeline
 from projections.workspaces import WorkspaceDirectory
 
 log = structlog.get_logger(__name__)
 
 # Every read model the engine keeps; `leadlog up` runs them all.
-PROJECTIONS: tuple[Projection, ...] = (WorkspaceDirectory(), PendingLeads(), LeadList())
+PROJECTIONS: tuple[Projection, ...] = (
+    WorkspaceDirectory(),
+    PendingLeads(),
+    LeadList(),
+    LeadTimeline(),
+    SubmissionsView(),
+)
 
 
 @dataclass

@@ -219,7 +219,7 @@ class LeadIntake:
             is_duplicate=received.is_duplicate,
             duplicate_of=received.duplicate_of,
             status=received.status,
-            position=appended.positions[0],
+            position=appended.position,
             submission_id=submission_ids[0] if submission_ids else None,
             replayed=False,
         )

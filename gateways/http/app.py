@@ -12,6 +12,7 @@ from gateways.http import (
     leads,
     pipelines,
     submit,
+    timeline,
     workspaces,
 )
 from gateways.http.errors import JsonResponse, install_error_handlers
@@ -31,6 +32,7 @@ def create_app(engine: Engine) -> FastAPI:
     app.include_router(workspaces.router)
     app.include_router(leads.router)
     app.include_router(pipelines.router)
+    app.include_router(timeline.router)
     app.include_router(inbound_webhooks.router)
     app.include_router(submit.router)
     app.include_router(forms.router)
