@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateways.bootstrap import Engine
+from gateways.nats_intake import NatsIntake
 from gateways.reactor import Reactor
 from gateways.read_models import PendingLeadsTable
 from handlers.customers import ReleasePendingLeads
@@ -21,4 +22,4 @@ class Worker(Protocol):
 def build_workers(engine: Engine) -> list[Worker]:
     """Every background consumer `leadlog up` runs, in start order."""
     release = ReleasePendingLeads(engine.store, PendingLeadsTable(engine.projector))
-    return [engine.projector, Reactor(engine.log, engine.store, release)]
+    return [engine.projector, Reactor(engine.log, engine.store, release), NatsIntake(engine)]

@@ -115,8 +115,20 @@ async def engine(servers: Servers, settings: Settings) -> AsyncIterator[Engine]:
     try:
         yield engine
     finally:
+        await delete_streams(engine, settings.nats_prefix)
         await engine.close()
         await drop_schema(servers.database_url, settings.database_schema)
+
+
+async def delete_streams(engine: Engine, prefix: str) -> None:
+    """The test's JetStream streams: servers keep them on disk, so every test removes its own."""
+    if engine.nats.is_closed:
+        return
+    jsm = engine.nats.jetstream()
+    for stream in await jsm.streams_info():
+        name = stream.config.name or ""
+        if name.upper().startswith(prefix.upper()):
+            await jsm.delete_stream(name)
 
 
 @pytest.fixture
