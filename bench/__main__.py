@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.ingest import bench_ingest
+from bench.nats_bulk import bench_nats_bulk
 from bench.projections import run_projection_benchmarks
 from bench.report import Report
 from bench.store import run_store_benchmarks
@@ -35,6 +36,7 @@ def main() -> int:
         schema = f"bench_{uuid.uuid4().hex[:8]}"
         library_rate = asyncio.run(run_store_benchmarks(report, database_url, schema))
         asyncio.run(bench_ingest(report, database_url, nats_url, library_rate))
+        asyncio.run(bench_nats_bulk(report, database_url, nats_url))
         asyncio.run(run_projection_benchmarks(report, database_url))
     report.print()
     return 0
