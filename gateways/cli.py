@@ -20,12 +20,14 @@ import uvicorn
 import uvloop
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from domain.workspaces import InvalidName, Role
 from gateways.bootstrap import Engine, start_engine
 from gateways.embedded import EmbeddedStackError, StackAlreadyRunning
 from gateways.http.app import create_app
 from gateways.logs import configure_logging
+from gateways.nats_intake import DURABLE, stream_name
 from gateways.servers import ServerUrls, admin_token, server_urls
 from gateways.settings import Settings
 from gateways.workers import build_workers
@@ -257,32 +259,46 @@ def tokens_revoke(
 
 @app.command()
 def status(as_json: JsonFlag = False) -> None:
-    """The log's head and each consumer's position and lag."""
+    """Each consumer's position, lag (events and seconds) and last error; the NATS backlog."""
 
     async def collect(engine: Engine) -> dict[str, object]:
         head = await engine.store.max_position()
         rows = await engine.pool.fetch(
-            "SELECT consumer, position, updated_at FROM tracking ORDER BY consumer"
+            """
+            SELECT t.consumer, t.position, t.updated_at,
+                   extract(epoch FROM (SELECT max(recorded_at) FROM events)
+                                     - coalesce((SELECT recorded_at FROM events
+                                                  WHERE position = t.position), 'epoch'))
+                       AS lag_seconds,
+                   (SELECT e.error || ' (at position ' || e.position || ', '
+                                   || coalesce(e.event_type, '?') || ')'
+                      FROM consumer_errors e
+                     WHERE e.consumer = t.consumer AND e.resolved_at IS NULL
+                     ORDER BY e.position LIMIT 1) AS error
+              FROM tracking t ORDER BY t.consumer
+            """
         )
-        return {
-            "head": head,
-            "consumers": [
-                {
-                    "name": row["consumer"],
-                    "position": row["position"],
-                    "lagEvents": head - row["position"],
-                    "updatedAt": row["updated_at"].isoformat(),
-                }
-                for row in rows
-            ],
-        }
+        consumers = [
+            {
+                "name": row["consumer"],
+                "position": row["position"],
+                "lagEvents": max(head - row["position"], 0),
+                "lagSeconds": round(max(float(row["lag_seconds"] or 0), 0.0), 3)
+                if head > row["position"]
+                else 0.0,
+                "lastError": row["error"],
+                "updatedAt": row["updated_at"].isoformat(),
+            }
+            for row in rows
+        ]
+        return {"head": head, "consumers": consumers, "natsIntake": await _intake_backlog(engine)}
 
     report = _with_engine(collect)
     if as_json:
         _emit(report, True, "")
         return
     out.print(f"log head: position {report['head']}")
-    table = Table("consumer", "position", "lag (events)", "updated")
+    table = Table("consumer", "position", "lag (events)", "lag (s)", "last error")
     consumers = report["consumers"]
     assert isinstance(consumers, list)
     for consumer in consumers:
@@ -290,9 +306,31 @@ def status(as_json: JsonFlag = False) -> None:
             consumer["name"],
             str(consumer["position"]),
             str(consumer["lagEvents"]),
-            consumer["updatedAt"],
+            str(consumer["lagSeconds"]),
+            Text(consumer["lastError"] or "", style="red"),
         )
     out.print(table if consumers else "no consumers have recorded a position yet")
+    backlog = report["natsIntake"]
+    if isinstance(backlog, dict):
+        out.print(
+            f"NATS intake: {backlog['pending']} waiting, {backlog['ackPending']} in progress, "
+            f"{backlog['redelivered']} redelivered"
+        )
+
+
+async def _intake_backlog(engine: Engine) -> dict[str, int] | None:
+    """The intake consumer's backlog in JetStream, or None before the engine ever ran."""
+    try:
+        info = await engine.nats.jetstream().consumer_info(
+            stream_name(engine.settings.nats_prefix), DURABLE
+        )
+    except Exception:
+        return None
+    return {
+        "pending": int(info.num_pending or 0),
+        "ackPending": int(info.num_ack_pending or 0),
+        "redelivered": int(info.num_redelivered or 0),
+    }
 
 
 def _register_subcommands() -> None:

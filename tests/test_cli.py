@@ -129,6 +129,24 @@ def test_up_on_embedded_servers(data_dir: Path) -> None:
         )
         assert me.json()["permissions"] == ["leads:view"]
 
+        # status names every consumer with its lag, and the NATS intake backlog
+        deadline = time.monotonic() + 30
+        while True:
+            shown = run(env, "status", "--json")
+            assert shown.returncode == 0, shown.stderr
+            report = json.loads(shown.stdout)
+            names = {c["name"]: c for c in report["consumers"]}
+            caught_up = all(
+                names.get(f"projection:{n}", {}).get("lagEvents") == 0
+                for n in ("leads", "timeline", "workspaces")
+            )
+            if caught_up or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert caught_up, report
+        assert all(c["lastError"] is None for c in report["consumers"])
+        assert report["natsIntake"] == {"pending": 0, "ackPending": 0, "redelivered": 0}
+
         # a second `up` on the same data folder refuses, and harms nothing
         second = run(environment(data_dir, free_port()), "up", timeout=60)
         assert second.returncode != 0
