@@ -18,8 +18,10 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from domain.base import Aggregate
+from domain.base import Aggregate, snake
+from domain.milestones import Milestone, StatusDefinition, find_status
 from domain.normalize import Normalised
+from domain.pipelines import Pipeline
 from domain.text import clean_json, clean_text
 
 SHORT_TEXT = 500
@@ -216,6 +218,78 @@ def initial_status(source: Source, customer_active: bool | None) -> tuple[Status
     return Status.BACKLOG, False
 
 
+class InvalidTransition(ValueError):
+    """A command the lead's current state does not allow (a deleted lead, a stage of another
+    pipeline, an unknown status, a return with nothing referred...)."""
+
+
+class LeadDeleted(InvalidTransition):
+    def __init__(self) -> None:
+        super().__init__("the lead is deleted: restore it first")
+
+
+class FieldChange(BaseModel):
+    """One field's old → new value in an update (`customFields.<key>` for a custom field)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    field: str
+    old: Any = None
+    new: Any = None
+
+
+class Note(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    value: str
+    author: str
+    created_at: datetime
+
+
+# The lead's own fields a PATCH may change, by wire name.
+EDITABLE = ("name", "email", "phone", "company", "title", "category", "product", "description")
+
+
+class LeadPatch(WireModel):
+    """`PATCH /v1/leads/{id}`: the fields given (null clears one, but not the name); tags
+    replaced (`tags`) or edited (`addTags` / `removeTags`); custom fields merged (null drops
+    a key)."""
+
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    company: str | None = None
+    title: str | None = None
+    category: str | None = None
+    product: str | None = None
+    description: str | None = None
+    tags: tuple[str, ...] | None = None
+    add_tags: tuple[str, ...] = ()
+    remove_tags: tuple[str, ...] = ()
+    custom_fields: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        cleaners = {**_CLEANERS, "add_tags": _tags, "remove_tags": _tags}
+        for field, clean in cleaners.items():
+            for key in (field, to_camel(field)):
+                if key in data and data[key] is not None:
+                    data[key] = clean(data[key])
+        return data
+
+
+def note_text(value: str) -> str:
+    cleaned = clean_text(value, max_length=LONG_TEXT)
+    if not cleaned:
+        raise InvalidTransition("a note needs some text")
+    return cleaned
+
+
 class Lead(Aggregate):
     """A person who came in through some channel; every later change is one of its events."""
 
@@ -258,6 +332,89 @@ class Lead(Aggregate):
         reason: str
         actor: str
 
+    class Assigned(Aggregate.Event):
+        """The lead's user changed (the "User Changed" trigger); `new` None unassigns."""
+
+        old: str | None
+        new: str | None
+        actor: str
+        by_user: bool
+
+    class NoteAdded(Aggregate.Event):
+        note_id: UUID
+        value: str
+        actor: str
+        by_user: bool
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.notes.append(
+                Note(
+                    id=self.note_id, value=self.value, author=self.actor, created_at=self.timestamp
+                )
+            )
+
+    class Updated(Aggregate.Event):
+        """Fields changed, old → new; `by_user` tells "Updated (User)" from "Updated (Other)".
+        `email_normal` / `phone_normal` are the lead's normal forms after the change."""
+
+        changes: list[FieldChange]
+        actor: str
+        by_user: bool
+        tags_added: list[str] = Field(default_factory=list)
+        tags_removed: list[str] = Field(default_factory=list)
+        email_normal: str | None = None
+        phone_normal: str | None = None
+
+    class Deleted(Aggregate.Event):
+        actor: str
+        by_user: bool
+
+    class Restored(Aggregate.Event):
+        actor: str
+        by_user: bool
+
+    class MilestoneReached(Aggregate.Event):
+        """The first time the lead's progress reached `milestone` (once per milestone)."""
+
+        milestone: Milestone
+        status: str | None
+        actor: str
+
+    class Referred(Aggregate.Event):
+        """Referred to a partner; recorded every time (the "Referred" trigger)."""
+
+        partner_id: UUID
+        actor: str
+        by_user: bool
+
+    class ReturnStarted(Aggregate.Event):
+        partner_id: UUID
+        reason: str
+        actor: str
+
+    class ReturnAccepted(Aggregate.Event):
+        partner_id: UUID
+        reason: str
+        actor: str
+
+    class ReturnDeclined(Aggregate.Event):
+        partner_id: UUID
+        reason: str
+        actor: str
+
+    class Converted(Aggregate.Event):
+        """Converted into a Contact: a new one, or (`linked_existing`) one that already had
+        the lead's email or phone."""
+
+        contact_id: UUID
+        linked_existing: bool
+        actor: str
+        by_user: bool
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.contact_id = self.contact_id
+            aggregate.converted_at = self.timestamp
+
     @event(Received)
     def __init__(
         self,
@@ -294,6 +451,17 @@ class Lead(Aggregate):
         self.pipeline_id = pipeline_id
         self.stage_id = stage_id
         self.invited: UUID | None = None
+        self.email_normal = email_normal
+        self.phone_normal = phone_normal
+        self.assigned_to: str | None = None
+        self.notes: list[Note] = []
+        self.deleted = False
+        self.milestones: list[Milestone] = []
+        self.referred_to: UUID | None = None
+        self.referrals = 0
+        self.open_return: UUID | None = None
+        self.contact_id: UUID | None = None
+        self.converted_at: datetime | None = None
 
     @event(InvitationRequested)
     def request_invitation(self, customer_id: UUID) -> None:
@@ -334,3 +502,231 @@ class Lead(Aggregate):
     ) -> None:
         self.pipeline_id = pipeline_id
         self.stage_id = new_stage_id
+
+    # ---- working the lead ---------------------------------------------------------------
+
+    def ensure_live(self) -> None:
+        if self.deleted:
+            raise LeadDeleted()
+
+    def move_stage(self, pipeline: Pipeline, stage_id: UUID, actor: str) -> bool:
+        """A move on the board: `stage_id` must be a stage of the lead's own pipeline (of
+        `pipeline`, the workspace's active one, when the lead has none yet)."""
+        self.ensure_live()
+        if pipeline.deleted or (self.pipeline_id is not None and pipeline.id != self.pipeline_id):
+            raise InvalidTransition(f"stage {stage_id} is not a stage of the lead's pipeline")
+        if pipeline.stage(stage_id) is None:
+            raise InvalidTransition(f"stage {stage_id} is not a stage of the lead's pipeline")
+        return self.move_to_stage(pipeline.id, stage_id, "", actor)
+
+    def assign(self, user: str | None, actor: str, by_user: bool) -> bool:
+        self.ensure_live()
+        if user == self.assigned_to:
+            return False
+        self._assigned(old=self.assigned_to, new=user, actor=actor, by_user=by_user)
+        return True
+
+    @event(Assigned)
+    def _assigned(self, old: str | None, new: str | None, actor: str, by_user: bool) -> None:
+        self.assigned_to = new
+
+    def add_note(self, note_id: UUID, value: str, actor: str, by_user: bool) -> Note:
+        self.ensure_live()
+        self.trigger_event(
+            Lead.NoteAdded, note_id=note_id, value=note_text(value), actor=actor, by_user=by_user
+        )
+        return self.notes[-1]
+
+    def update(
+        self,
+        patch: LeadPatch,
+        actor: str,
+        by_user: bool,
+        email_normal: str | None,
+        phone_normal: str | None,
+    ) -> bool:
+        """Apply the fields `patch` gives; False (no event) when nothing differs.
+        `email_normal` / `phone_normal` are the normal forms of the patched email and phone
+        (the handler computes them; ignored for a field the patch leaves alone)."""
+        self.ensure_live()
+        given = patch.model_fields_set
+        changes: list[FieldChange] = []
+        for field in EDITABLE:
+            if field not in given:
+                continue
+            new = getattr(patch, field)
+            old = self.name if field == "name" else getattr(self.details, field)
+            if field == "name" and not new:
+                raise InvalidTransition("a lead's name cannot be cleared")
+            if new != old:
+                changes.append(FieldChange(field=field, old=old, new=new))
+        old_tags = list(self.details.tags)
+        tags = list(patch.tags) if patch.tags is not None else list(old_tags)
+        tags += [t for t in patch.add_tags if t not in tags]
+        tags = [t for t in tags if t not in patch.remove_tags]
+        if len(tags) > MAX_TAGS:
+            raise InvalidTransition(f"at most {MAX_TAGS} tags")
+        if tags != old_tags:
+            changes.append(FieldChange(field="tags", old=old_tags, new=tags))
+        custom = self.details.custom_fields
+        for key, value in patch.custom_fields.items():
+            if custom.get(key) != value and (value is not None or key in custom):
+                changes.append(
+                    FieldChange(field=f"customFields.{key}", old=custom.get(key), new=value)
+                )
+        if len({**custom, **patch.custom_fields}) > MAX_CUSTOM_FIELDS:
+            raise InvalidTransition(f"at most {MAX_CUSTOM_FIELDS} custom fields")
+        if not changes:
+            return False
+        changed = {c.field for c in changes}
+        self._updated(
+            changes=changes,
+            actor=actor,
+            by_user=by_user,
+            tags_added=[t for t in tags if t not in old_tags],
+            tags_removed=[t for t in old_tags if t not in tags],
+            email_normal=email_normal if "email" in changed else self.email_normal,
+            phone_normal=phone_normal if "phone" in changed else self.phone_normal,
+        )
+        return True
+
+    @event(Updated)
+    def _updated(
+        self,
+        changes: list[FieldChange],
+        actor: str,
+        by_user: bool,
+        tags_added: list[str],
+        tags_removed: list[str],
+        email_normal: str | None,
+        phone_normal: str | None,
+    ) -> None:
+        updates: dict[str, Any] = {}
+        custom = dict(self.details.custom_fields)
+        for item in changes:
+            if item.field == "name":
+                self.name = item.new
+            elif item.field.startswith("customFields."):
+                key = item.field.partition(".")[2]
+                if item.new is None:
+                    custom.pop(key, None)
+                else:
+                    custom[key] = item.new
+            elif item.field == "tags":
+                updates["tags"] = tuple(item.new)
+            else:
+                updates[snake(item.field)] = item.new
+        updates["custom_fields"] = custom
+        self.details = self.details.model_copy(update=updates)
+        self.email_normal = email_normal
+        self.phone_normal = phone_normal
+
+    def delete(self, actor: str, by_user: bool) -> bool:
+        """Hide the lead from views (it stays in the log); False when already deleted."""
+        if self.deleted:
+            return False
+        self._deleted(actor=actor, by_user=by_user)
+        return True
+
+    @event(Deleted)
+    def _deleted(self, actor: str, by_user: bool) -> None:
+        self.deleted = True
+
+    def restore(self, actor: str, by_user: bool) -> bool:
+        if not self.deleted:
+            return False
+        self._restored(actor=actor, by_user=by_user)
+        return True
+
+    @event(Restored)
+    def _restored(self, actor: str, by_user: bool) -> None:
+        self.deleted = False
+
+    def set_status(
+        self,
+        new: str,
+        statuses: tuple[StatusDefinition, ...] | list[StatusDefinition],
+        reason: str,
+        actor: str,
+    ) -> bool:
+        """Give the lead one of the workspace's `statuses`, and record the status's progress
+        milestone the first time it is reached. False when nothing changed."""
+        self.ensure_live()
+        definition = find_status(statuses, new)
+        if definition is None:
+            raise InvalidTransition(f"{new!r} is not one of the workspace's statuses")
+        changed = self.change_status(new, reason, actor)
+        if definition.progress is not None:
+            changed = self.reach(definition.progress, new, actor) or changed
+        return changed
+
+    def reach(self, milestone: Milestone, status: str | None, actor: str) -> bool:
+        if milestone in self.milestones:
+            return False
+        self._milestone_reached(milestone=milestone, status=status, actor=actor)
+        return True
+
+    @event(MilestoneReached)
+    def _milestone_reached(self, milestone: Milestone, status: str | None, actor: str) -> None:
+        self.milestones.append(milestone)
+
+    def refer(self, partner_id: UUID, actor: str, by_user: bool) -> None:
+        """Refer the lead to a partner: an event every time, even to the same partner."""
+        self.ensure_live()
+        if self.open_return is not None:
+            raise InvalidTransition("a return is open: accept or decline it first")
+        self._referred(partner_id=partner_id, actor=actor, by_user=by_user)
+
+    @event(Referred)
+    def _referred(self, partner_id: UUID, actor: str, by_user: bool) -> None:
+        self.referred_to = partner_id
+        self.referrals += 1
+
+    def start_return(self, partner_id: UUID, reason: str, actor: str) -> None:
+        self.ensure_live()
+        if self.referred_to != partner_id:
+            raise InvalidTransition("the lead is not referred to this partner")
+        if self.open_return is not None:
+            raise InvalidTransition("a return is already open")
+        reason = clean_text(reason, max_length=SHORT_TEXT)
+        if not reason:
+            raise InvalidTransition("a return needs a reason")
+        self._return_started(partner_id=partner_id, reason=reason, actor=actor)
+
+    @event(ReturnStarted)
+    def _return_started(self, partner_id: UUID, reason: str, actor: str) -> None:
+        self.open_return = partner_id
+
+    def decide_return(self, accept: bool, reason: str, actor: str) -> None:
+        """Accept (the partner gives the lead back) or decline the open return."""
+        self.ensure_live()
+        if self.open_return is None:
+            raise InvalidTransition("the lead has no open return")
+        reason = clean_text(reason, max_length=SHORT_TEXT)
+        if accept:
+            self._return_accepted(partner_id=self.open_return, reason=reason, actor=actor)
+        else:
+            self._return_declined(partner_id=self.open_return, reason=reason, actor=actor)
+
+    @event(ReturnAccepted)
+    def _return_accepted(self, partner_id: UUID, reason: str, actor: str) -> None:
+        self.open_return = None
+        self.referred_to = None
+
+    @event(ReturnDeclined)
+    def _return_declined(self, partner_id: UUID, reason: str, actor: str) -> None:
+        self.open_return = None
+
+    def convert(self, contact_id: UUID, linked_existing: bool, actor: str, by_user: bool) -> None:
+        """Mark the lead converted into `contact_id`, and reach Converted (once)."""
+        self.ensure_live()
+        if self.contact_id is not None:
+            raise InvalidTransition(f"the lead is already converted into {self.contact_id}")
+        self.trigger_event(
+            Lead.Converted,
+            contact_id=contact_id,
+            linked_existing=linked_existing,
+            actor=actor,
+            by_user=by_user,
+        )
+        self.reach(Milestone.CONVERTED, None, actor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from domain.leads import Lead
 from handlers.ports import LoggedEvent
@@ -18,7 +19,17 @@ class LeadList(Projection):
     name = "leads"
     version = 1
     table_names = ("leads",)
-    event_types = frozenset({"lead.received", "lead.status_changed", "lead.stage_changed"})
+    event_types = frozenset(
+        {
+            "lead.received",
+            "lead.status_changed",
+            "lead.stage_changed",
+            "lead.assigned",
+            "lead.updated",
+            "lead.deleted",
+            "lead.restored",
+        }
+    )
 
     def create_sql(self, tables: Tables) -> str:
         t = tables["leads"]
@@ -114,8 +125,78 @@ class LeadList(Projection):
                         event.timestamp,
                         logged.position,
                     )
+                if isinstance(event, Lead.Assigned):
+                    await db.execute(
+                        f"""UPDATE {t} SET assigned_to = $2, updated_at = $3, updated_position = $4
+                             WHERE id = $1 AND updated_position < $4""",
+                        event.originator_id,
+                        event.new,
+                        event.timestamp,
+                        logged.position,
+                    )
+                if isinstance(event, Lead.Deleted | Lead.Restored):
+                    await db.execute(
+                        f"""UPDATE {t} SET deleted = $2, updated_at = $3, updated_position = $4
+                             WHERE id = $1 AND updated_position < $4""",
+                        event.originator_id,
+                        isinstance(event, Lead.Deleted),
+                        event.timestamp,
+                        logged.position,
+                    )
+                if isinstance(event, Lead.Updated):
+                    await self._update(db, t, event, logged.position)
         if received:
             await self._insert(db, t, received)
+
+    async def _update(
+        self, db: ProjectionDb, table: str, event: Lead.Updated, position: int
+    ) -> None:
+        rows = await db.fetch(
+            f"""SELECT name, email, phone, company, title, tags, custom_fields, updated_position
+                  FROM {table} WHERE id = $1""",
+            event.originator_id,
+        )
+        if not rows or rows[0]["updated_position"] >= position:
+            return
+        row = rows[0]
+        values: dict[str, Any] = {k: row[k] for k in ("name", "email", "phone", "company", "title")}
+        tags = list(row["tags"])
+        custom = row["custom_fields"]
+        custom = dict(json.loads(custom) if isinstance(custom, str) else custom)
+        for change in event.changes:
+            if change.field in values:
+                values[change.field] = change.new
+            elif change.field == "tags":
+                tags = list(change.new)
+            elif change.field.startswith("customFields."):
+                key = change.field.partition(".")[2]
+                if change.new is None:
+                    custom.pop(key, None)
+                else:
+                    custom[key] = change.new
+        search = _search_text(
+            values["name"],
+            values["email"],
+            event.phone_normal or values["phone"],
+            values["company"],
+        )
+        await db.execute(
+            f"""UPDATE {table} SET name = $2, email = $3, phone = $4, company = $5, title = $6,
+                                   tags = $7, custom_fields = $8::jsonb, search = $9,
+                                   updated_at = $10, updated_position = $11
+                 WHERE id = $1""",
+            event.originator_id,
+            values["name"],
+            values["email"],
+            values["phone"],
+            values["company"],
+            values["title"],
+            tags,
+            json.dumps(custom),
+            search,
+            event.timestamp,
+            position,
+        )
 
     async def _insert(self, db: ProjectionDb, table: str, rows: list[tuple[object, ...]]) -> None:
         await db.executemany(

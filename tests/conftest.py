@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import structlog
 
 from gateways.bootstrap import Engine, start_engine
 from gateways.database import open_pool
@@ -21,6 +23,18 @@ from gateways.event_store import PostgresEventStore
 from gateways.http.app import create_app
 from gateways.log_store import PostgresLog
 from gateways.settings import Settings
+
+# Logs go through stdlib logging, which pytest captures per test (caplog); structlog's
+# default print logger would keep writing to a capture file pytest has closed.
+structlog.configure(
+    processors=[
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.JSONRenderer(),
+    ],
+    logger_factory=structlog.stdlib.LoggerFactory(),
+    wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ from gateways.http import (
     forms,
     imports,
     inbound_webhooks,
+    lead_commands,
     leads,
+    partners,
     pipelines,
     submit,
     timeline,
@@ -31,6 +33,8 @@ def create_app(engine: Engine) -> FastAPI:
     app.add_middleware(RequestContext)
     app.include_router(workspaces.router)
     app.include_router(leads.router)
+    app.include_router(lead_commands.router)
+    app.include_router(partners.router)
     app.include_router(pipelines.router)
     app.include_router(timeline.router)
     app.include_router(inbound_webhooks.router)

@@ -25,7 +25,7 @@ def lead_json(lead: Lead) -> dict[str, Any]:
         "status": lead.status,
         "pipelineId": str(lead.pipeline_id) if lead.pipeline_id else None,
         "stageId": str(lead.stage_id) if lead.stage_id else None,
-        "assignedTo": None,
+        "assignedTo": getattr(lead, "assigned_to", None),
         "isDuplicate": lead.is_duplicate,
         "duplicateOf": str(lead.duplicate_of) if lead.duplicate_of else None,
         "emailValid": lead.email_valid,
