@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from domain.attribution import ATTRIBUTION_KEYS
 from domain.leads import MAX_CUSTOM_FIELDS
 from domain.text import clean_text
 
@@ -147,16 +148,7 @@ _synonyms(
 _synonyms(Target(Kind.FIELD, "tags"), "tags", "tag", "labels")
 _synonyms(Target(Kind.FIELD, "category"), "category", "lead category")
 _synonyms(Target(Kind.FIELD, "product"), "product", "product name")
-for _key in (
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
-    "gclid",
-    "fbclid",
-    "msclkid",
-):
+for _key in ATTRIBUTION_KEYS:
     _synonyms(Target(Kind.ATTRIBUTION, _key), _key)
 
 

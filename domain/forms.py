@@ -13,6 +13,7 @@ from uuid import UUID
 from eventsourcing.domain import event
 from pydantic import Field, field_validator, model_validator
 
+from domain.attribution import ATTRIBUTION_KEYS
 from domain.base import Aggregate
 from domain.leads import LONG_TEXT, SHORT_TEXT, WireModel
 from domain.text import clean_text
@@ -28,16 +29,6 @@ HONEYPOT = "homepage"
 # Carries a random token per rendered page so a re-sent POST creates nothing new.
 SUBMISSION_TOKEN = "_submission"
 # Attribution a host page may pass in the form's URL; kept as hidden inputs.
-ATTRIBUTION_KEYS = (
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
-    "gclid",
-    "fbclid",
-    "msclkid",
-)
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 

@@ -74,9 +74,17 @@ class PostgresEventStore:
         return await self.log.holder(key)
 
     async def read(
-        self, after: int, limit: int, event_types: Sequence[str] | None = None
+        self,
+        after: int,
+        limit: int,
+        event_types: Sequence[str] | None = None,
+        *,
+        workspace_id: UUID | None = None,
     ) -> Sequence[LoggedEvent]:
-        return [self.logged(r) for r in await self.log.read(after, limit, event_types=event_types)]
+        records = await self.log.read(
+            after, limit, event_types=event_types, workspace_id=workspace_id
+        )
+        return [self.logged(r) for r in records]
 
     async def history(self, aggregate_id: UUID) -> Sequence[LoggedEvent]:
         return [self.logged(r) for r in await self.log.read_stream(aggregate_id)]

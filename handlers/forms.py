@@ -11,12 +11,12 @@ from uuid import UUID
 from domain.forms import FormReading, FormSettings, LeadForm
 from domain.leads import LeadDetails, Source
 from handlers.intake import Intake, LeadIntake, Receipt
+from handlers.listing import aggregates_of
 from handlers.ports import Append, Claim, EventStore
 
 FORM_KEY_BYTES = 18
 _FORM_KEY = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _SUBMISSION_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_FORM_EVENTS = ["lead_form.created", "lead_form.deleted"]
 
 
 class FormNotFound(LookupError):
@@ -112,23 +112,8 @@ async def delete_form(store: EventStore, workspace_id: UUID, form_id: UUID) -> i
 async def list_forms(
     store: EventStore, workspace_id: UUID, page_size: int = 1000
 ) -> list[LeadForm]:
-    """The workspace's forms, oldest first, found from their events in the log."""
-    ids: dict[UUID, None] = {}
-    after = 0
-    while True:
-        page = await store.read(after, page_size, _FORM_EVENTS)
-        if not page:
-            break
-        for logged in page:
-            if logged.workspace_id != workspace_id:
-                continue
-            if isinstance(logged.event, LeadForm.Created):
-                ids[logged.event.originator_id] = None
-            elif isinstance(logged.event, LeadForm.Deleted):
-                ids.pop(logged.event.originator_id, None)
-        after = page[-1].position
-    forms = [await store.load(LeadForm, form_id) for form_id in ids]
-    return [f for f in forms if f is not None and not f.deleted]
+    """The workspace's forms, oldest first (a workspace has few)."""
+    return await aggregates_of(store, LeadForm, "lead_form.created", workspace_id, page_size)
 
 
 async def form_by_key(store: EventStore, form_key: str) -> LeadForm | None:

@@ -207,7 +207,7 @@ async def list_webhooks_from_log(
     """The workspace's webhooks, folded straight from the log until a read model exists."""
     found: dict[UUID, WebhookView] = {}
     after = 0
-    while page := await store.read(after, page_size, _WEBHOOK_EVENTS):
+    while page := await store.read(after, page_size, _WEBHOOK_EVENTS, workspace_id=workspace_id):
         for logged in page:
             event, at = logged.event, logged.event.timestamp
             if logged.workspace_id != workspace_id:

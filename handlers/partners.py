@@ -8,6 +8,7 @@ from uuid import UUID
 from domain.partners import Partner, PartnerDetails
 from domain.workspaces import Workspace
 from handlers.lead_commands import load_partner, retrying
+from handlers.listing import aggregates_of
 from handlers.ports import Append, EventStore
 from handlers.workspaces import WorkspaceNotFound
 
@@ -34,15 +35,8 @@ async def get_partner(store: EventStore, workspace_id: UUID, partner_id: UUID) -
 
 
 async def list_partners(store: EventStore, workspace_id: UUID) -> list[Partner]:
-    """The workspace's partners, from their creation events (a workspace has few).
-    TODO: a partners projection once workspaces hold many."""
-    ids: list[UUID] = []
-    after = 0
-    while page := await store.read(after, 1000, ["partner.created"]):
-        ids.extend(e.event.originator_id for e in page if e.workspace_id == workspace_id)
-        after = page[-1].position
-    found = [await store.load(Partner, i) for i in ids]
-    return [p for p in found if p is not None and not p.deleted]
+    """The workspace's partners (a workspace has few)."""
+    return await aggregates_of(store, Partner, "partner.created", workspace_id)
 
 
 async def update_partner(

@@ -18,6 +18,7 @@ from domain.pipelines import (
     default_stages,
 )
 from domain.workspaces import Workspace
+from handlers.listing import aggregates_of
 from handlers.ports import Append, EventStore
 from handlers.workspaces import WorkspaceNotFound
 
@@ -46,14 +47,8 @@ async def load_pipeline(store: EventStore, workspace_id: UUID, pipeline_id: UUID
 
 
 async def list_pipelines(store: EventStore, workspace_id: UUID) -> list[Pipeline]:
-    """The workspace's pipelines, from their creation events in the log (there are few)."""
-    ids: list[UUID] = []
-    after = 0
-    while page := await store.read(after, 1000, ["pipeline.created"]):
-        ids.extend(e.event.originator_id for e in page if e.workspace_id == workspace_id)
-        after = page[-1].position
-    pipelines = [await store.load(Pipeline, i) for i in ids]
-    return [p for p in pipelines if p is not None and not p.deleted]
+    """The workspace's pipelines (a workspace has few)."""
+    return await aggregates_of(store, Pipeline, "pipeline.created", workspace_id)
 
 
 async def create_pipeline(

@@ -138,7 +138,12 @@ class EventStore(Protocol):
     async def holder(self, key: str) -> UUID | None: ...
 
     async def read(
-        self, after: int, limit: int, event_types: Sequence[str] | None = None
+        self,
+        after: int,
+        limit: int,
+        event_types: Sequence[str] | None = None,
+        *,
+        workspace_id: UUID | None = None,
     ) -> Sequence[LoggedEvent]: ...
 
     async def history(self, aggregate_id: UUID) -> Sequence[LoggedEvent]: ...

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import Field, ValidationError
 
+from domain.attribution import ATTRIBUTION_KEYS
 from domain.forms import (
-    ATTRIBUTION_KEYS,
     HONEYPOT,
     MAX_FIELDS,
     SUBMISSION_TOKEN,
