@@ -107,10 +107,9 @@ class LeadDetails(WireModel):
         if stored(info) or not isinstance(data, dict):
             return data
         data = _split_display_names(data)
-        for field, clean in _CLEANERS.items():
-            for key in (field, to_camel(field)):
-                if key in data:
-                    data[key] = clean(data[key])
+        for key, clean in _CLEANERS_BY_KEY:
+            if key in data:
+                data[key] = clean(data[key])
         return data
 
 
@@ -175,6 +174,12 @@ _CLEANERS: dict[str, Callable[[Any], Any]] = {
     **dict.fromkeys(("custom_fields", "answers", "consent"), _json_fields),
     **dict.fromkeys(("display_names", "attribution"), _string_map),
 }
+# Each cleaner under both names a field may arrive by: snake_case and its camelCase alias.
+_CLEANERS_BY_KEY: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(
+    (key, clean)
+    for field, clean in _CLEANERS.items()
+    for key in dict.fromkeys((field, to_camel(field)))
+)
 
 
 class MissingName(ValueError):
