@@ -85,38 +85,69 @@ def _exit_on_sigterm(signum: int, _: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-async def _serve(settings: Settings, urls: ServerUrls, token: str) -> None:
+async def _serve(
+    settings: Settings, urls: ServerUrls, token: str | None, *, http: bool, workers: bool
+) -> None:
+    """Run the HTTP app and/or the background workers until Ctrl-C or SIGTERM."""
     engine = await start_engine(settings, urls.database_url, urls.nats_url, token)
-    workers = build_workers(engine)
+    running = build_workers(engine) if workers else []
+    servers = f"PostgreSQL {'embedded' if urls.embedded else 'configured'}, " + (
+        f"NATS {'embedded' if urls.embedded else 'configured'}"
+    )
     try:
-        for worker in workers:
+        for worker in running:
             await worker.start()
-        config = uvicorn.Config(
-            create_app(engine),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            http="httptools",
-        )
-        server = _Server(config)
-        err.print(
-            f"leadlog is up on http://{settings.http_host}:{settings.http_port} "
-            f"(PostgreSQL {'embedded' if urls.embedded else 'configured'}, "
-            f"NATS {'embedded' if urls.embedded else 'configured'}); Ctrl-C stops it",
-            soft_wrap=True,
-        )
-        await server.serve()
+        if http:
+            config = uvicorn.Config(
+                create_app(engine),
+                host=settings.http_host,
+                port=settings.http_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                http="httptools",
+            )
+            err.print(
+                f"leadlog is up on http://{settings.http_host}:{settings.http_port} "
+                f"({servers}{'' if workers else '; no workers'}); Ctrl-C stops it",
+                soft_wrap=True,
+            )
+            await _Server(config).serve()
+        else:
+            err.print(f"leadlog workers are running ({servers}); Ctrl-C stops them", soft_wrap=True)
+            await _until_stopped()
     finally:
-        for worker in reversed(workers):
+        for worker in reversed(running):
             await worker.stop()
         await engine.close()
 
 
-def _run_http(settings: Settings, *, start_servers: bool) -> None:
+async def _until_stopped() -> None:
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def _run(
+    settings: Settings, *, start_servers: bool, http: bool = True, workers: bool = True
+) -> None:
     configure_logging(settings.log_level)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if not http:
+        if not (settings.database_url and settings.nats_url):
+            raise fail("`serve workers` needs LEADLOG_DATABASE_URL and LEADLOG_NATS_URL")
+        urls = ServerUrls(settings.database_url, settings.nats_url, embedded=False)
+        try:
+            uvloop.run(_serve(settings, urls, None, http=False, workers=True))
+        except (OSError, ConnectionError) as error:
+            raise fail(f"cannot reach PostgreSQL or NATS: {error}") from None
+        return
     if _port_taken(settings.http_host, settings.http_port):
         raise fail(
             f"{settings.http_host}:{settings.http_port} is already in use "
@@ -131,7 +162,7 @@ def _run_http(settings: Settings, *, start_servers: bool) -> None:
         raise fail("`serve` needs LEADLOG_DATABASE_URL and LEADLOG_NATS_URL (or use `leadlog up`)")
     try:
         with server_urls(settings, share_running=False) as urls:
-            uvloop.run(_serve(settings, urls, token))
+            uvloop.run(_serve(settings, urls, token, http=True, workers=workers))
     except StackAlreadyRunning as error:
         raise fail(str(error)) from None
     except EmbeddedStackError as error:
@@ -143,17 +174,23 @@ def _run_http(settings: Settings, *, start_servers: bool) -> None:
 @app.command()
 def up() -> None:
     """Run everything in one process: servers (embedded unless configured), API and workers."""
-    _run_http(Settings(), start_servers=True)
+    _run(Settings(), start_servers=True)
 
 
 class ServeRole(StrEnum):
     api = "api"
+    workers = "workers"
 
 
 @app.command()
 def serve(role: Annotated[ServeRole, typer.Argument(help="what to serve")]) -> None:
-    """Serve one role against configured servers (LEADLOG_DATABASE_URL, LEADLOG_NATS_URL)."""
-    _run_http(Settings(), start_servers=False)
+    """Serve one role against configured servers (LEADLOG_DATABASE_URL, LEADLOG_NATS_URL):
+    `api` the HTTP app alone, `workers` the projections, reactions, NATS intake and relay
+    alone. Run one `workers` beside any number of `api` processes."""
+    if role is ServeRole.api:
+        _run(Settings(), start_servers=False, workers=False)
+    else:
+        _run(Settings(), start_servers=False, http=False)
 
 
 def _with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:

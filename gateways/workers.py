@@ -6,6 +6,7 @@ from typing import Protocol
 
 from gateways.bootstrap import Engine
 from gateways.nats_intake import NatsIntake
+from gateways.nats_relay import NatsRelay
 from gateways.reactor import Reactor
 from gateways.read_models import PendingLeadsTable
 from handlers.customers import ReleasePendingLeads
@@ -22,4 +23,9 @@ class Worker(Protocol):
 def build_workers(engine: Engine) -> list[Worker]:
     """Every background consumer `leadlog up` runs, in start order."""
     release = ReleasePendingLeads(engine.store, PendingLeadsTable(engine.projector))
-    return [engine.projector, Reactor(engine.log, engine.store, release), NatsIntake(engine)]
+    return [
+        engine.projector,
+        Reactor(engine.log, engine.store, release),
+        NatsIntake(engine),
+        NatsRelay(engine),
+    ]

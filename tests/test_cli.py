@@ -17,9 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import nats
 import psutil
 import pytest
 
+from domain.leads import Lead, LeadDetails, Source
+from gateways.bootstrap import start_engine
+from gateways.settings import Settings
+from handlers.intake import Intake, activate_customer, register_customer
+from handlers.workspaces import create_workspace
 from tests.conftest import Servers, drop_schema
 
 pytestmark = pytest.mark.timeout(240)
@@ -50,9 +56,27 @@ def environment(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
         LEADLOG_DATA_DIR=str(data_dir),
         LEADLOG_HTTP_PORT=str(port),
         LEADLOG_DATABASE_SCHEMA=f"t_{uuid.uuid4().hex[:16]}",
+        LEADLOG_NATS_PREFIX=f"t{uuid.uuid4().hex[:12]}",
         **extra,
     )
     return env
+
+
+def remove_streams(nats_url: str, prefix: str) -> None:
+    """The JetStream streams a test's `leadlog` process made on a shared server."""
+
+    async def remove() -> None:
+        client = await nats.connect(nats_url)
+        try:
+            jsm = client.jetstream()
+            for stream in await jsm.streams_info():
+                name = stream.config.name or ""
+                if name.upper().startswith(prefix.upper()):
+                    await jsm.delete_stream(name)
+        finally:
+            await client.close()
+
+    asyncio.run(remove())
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -195,6 +219,7 @@ def test_up_with_configured_servers_starts_none(data_dir: Path, servers: Servers
     finally:
         stderr = stop(process)
         asyncio.run(drop_schema(servers.database_url, env["LEADLOG_DATABASE_SCHEMA"]))
+        remove_streams(servers.nats_url, env["LEADLOG_NATS_PREFIX"])
     assert process.returncode == 0, stderr
 
 
@@ -244,3 +269,59 @@ def test_up_refuses_a_port_in_use(data_dir: Path, servers: Servers) -> None:
         result = run(env, "up", timeout=60)
     assert result.returncode == 1
     assert "already in use" in result.stderr
+
+
+def test_serve_workers_reacts_to_what_another_process_writes(
+    data_dir: Path, servers: Servers
+) -> None:
+    env = environment(
+        data_dir,
+        free_port(),
+        LEADLOG_DATABASE_URL=servers.database_url,
+        LEADLOG_NATS_URL=servers.nats_url,
+    )
+    schema = env["LEADLOG_DATABASE_SCHEMA"]
+    process = subprocess.Popen(
+        [LEADLOG, "serve", "workers"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        asyncio.run(_release_through_the_workers_process(servers, schema, process))
+    finally:
+        stderr = stop(process)
+        asyncio.run(drop_schema(servers.database_url, schema))
+        remove_streams(servers.nats_url, env["LEADLOG_NATS_PREFIX"])
+    assert process.returncode == 0, stderr
+    assert "workers are running" in stderr
+
+
+async def _release_through_the_workers_process(
+    servers: Servers, schema: str, process: subprocess.Popen[str]
+) -> None:
+    settings = Settings(database_schema=schema, nats_prefix="unused")
+    engine = await start_engine(settings, servers.database_url, servers.nats_url, None)
+    try:
+        workspace = (await create_workspace(engine.store, "Acme")).id
+        customer, _ = await register_customer(engine.store, workspace, "Newco", None, active=False)
+        receipt = await engine.intake.receive(
+            Intake(
+                workspace_id=workspace,
+                details=LeadDetails(name="Waiting", customer_id=customer),
+                source=Source.MANUAL,
+                actor="test",
+            )
+        )
+        await activate_customer(engine.store, workspace, customer)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "serve workers exited"
+            lead = await engine.store.load(Lead, receipt.lead_id)
+            if lead is not None and lead.status == "backlog":
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError("the workers process did not release the pending lead")
+    finally:
+        await engine.close()
