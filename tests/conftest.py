@@ -24,17 +24,28 @@ from gateways.http.app import create_app
 from gateways.log_store import PostgresLog
 from gateways.settings import Settings
 
-# Logs go through stdlib logging, which pytest captures per test (caplog); structlog's
-# default print logger would keep writing to a capture file pytest has closed.
-structlog.configure(
-    processors=[
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.JSONRenderer(),
-    ],
-    logger_factory=structlog.stdlib.LoggerFactory(),
-    wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-)
+
+def log_through_stdlib() -> None:
+    """Logs go through stdlib logging, which pytest captures per test (caplog); structlog's
+    default print logger would keep writing to a capture file pytest has closed."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+
+
+log_through_stdlib()
+
+
+@pytest.fixture(autouse=True)
+def _test_logging() -> None:
+    # A CLI command run in-process configures logging for a terminal; undo that per test.
+    log_through_stdlib()
 
 
 @dataclass(frozen=True)
