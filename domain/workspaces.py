@@ -34,6 +34,16 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 MAX_NAME_LENGTH = 200
 
+# A pending lead without its own `expiresAt` is abandoned this long after it was received,
+# unless the workspace set another value (`Workspace.set_abandon_after`). Fractional hours
+# are allowed (the tests use seconds); at most a year.
+DEFAULT_ABANDON_AFTER_HOURS = 72.0
+MAX_ABANDON_AFTER_HOURS = 24.0 * 366
+
+
+class InvalidSetting(ValueError):
+    """A workspace setting out of its allowed range."""
+
 
 class InvalidName(ValueError):
     """A name that is empty, too long, or holds control characters."""
@@ -64,11 +74,19 @@ class Workspace(Aggregate):
     class PipelineActivated(Aggregate.Event):
         pipeline_id: UUID
 
+    class AbandonAfterSet(Aggregate.Event):
+        """How long (hours) a pending lead without `expiresAt` waits for its customer,
+        for leads received from now on; the default before any such event is
+        `DEFAULT_ABANDON_AFTER_HOURS`."""
+
+        hours: float
+
     @event(Created)
     def __init__(self, name: str, default_region: str = "US") -> None:
         self.name = name
         self.default_region = default_region
         self.active_pipeline_id: UUID | None = None
+        self.abandon_after_hours = DEFAULT_ABANDON_AFTER_HOURS
 
     def activate_pipeline(self, pipeline_id: UUID) -> None:
         """New leads land in the first stage of the active pipeline."""
@@ -82,6 +100,22 @@ class Workspace(Aggregate):
     @event(Renamed)
     def rename(self, name: str) -> None:
         self.name = name
+
+    def set_abandon_after(self, hours: float) -> bool:
+        """Set the abandonment delay for leads received from now on; False (no event) when
+        it is already `hours`."""
+        if not 0 < hours <= MAX_ABANDON_AFTER_HOURS:  # NaN fails too
+            raise InvalidSetting(
+                f"abandonAfterHours must be above 0 and at most {MAX_ABANDON_AFTER_HOURS:g}"
+            )
+        if hours == self.abandon_after_hours:
+            return False
+        self._abandon_after_set(hours=float(hours))
+        return True
+
+    @event(AbandonAfterSet)
+    def _abandon_after_set(self, hours: float) -> None:
+        self.abandon_after_hours = hours
 
 
 class ApiToken(Aggregate):

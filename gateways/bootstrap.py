@@ -19,6 +19,7 @@ from gateways.settings import Settings
 from handlers.intake import LeadIntake
 from handlers.workspaces import Authenticator
 from projections.base import Projection
+from projections.lead_timers import LeadTimers
 from projections.leads import LeadList
 from projections.pending_leads import PendingLeads
 from projections.submissions import SubmissionsView
@@ -34,6 +35,7 @@ PROJECTIONS: tuple[Projection, ...] = (
     LeadList(),
     LeadTimeline(),
     SubmissionsView(),
+    LeadTimers(),
 )
 
 
@@ -90,6 +92,7 @@ async def start_engine(
     event_log = PostgresLog(pool, settings.database_schema)
     store = PostgresEventStore(event_log)
     projector = Projector(pool, event_log, store, PROJECTIONS)
+    await projector.register()
     return Engine(
         settings=settings,
         database_url=database_url,

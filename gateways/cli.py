@@ -374,9 +374,11 @@ def _register_subcommands() -> None:
     # Imported here: these modules import helpers from this one.
     from gateways.cli_import import import_command  # noqa: PLC0415
     from gateways.cli_intake import intake_app  # noqa: PLC0415
+    from gateways.cli_ops import register as register_ops  # noqa: PLC0415
 
     app.command("import")(import_command)
     app.add_typer(intake_app, name="intake")
+    register_ops(app)
 
 
 _register_subcommands()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -50,6 +50,11 @@ _MAX_BACKOFF = 5.0
 def live_consumer(name: str) -> str:
     """The checkpoint name of a projection's live tables (nothing version-specific in it)."""
     return f"projection:{name}"
+
+
+def consumer_lock_key(schema: str, consumer: str) -> str:
+    """The advisory lock (by `hashtext`) every batch transaction of `consumer` takes first."""
+    return f"leadlog.consumer.{schema}.{consumer}"
 
 
 class State(StrEnum):
@@ -114,6 +119,11 @@ class _Failed(Exception):
     """The consumer stopped at a failing event (already recorded and logged)."""
 
 
+class _Superseded(Exception):
+    """A rebuild by another version of the code replaced the live tables: this copy of the
+    projection must not write to them."""
+
+
 class _Signal:
     """A generation counter with a wake-up: waiters never miss a fire that happened before."""
 
@@ -137,7 +147,7 @@ class _Signal:
         return True
 
 
-class _ConnectionDb:
+class ConnectionDb:
     """`projections.base.ProjectionDb` over the batch transaction's connection."""
 
     def __init__(self, conn: Connection) -> None:
@@ -192,12 +202,18 @@ class _Runner:
         tables: Tables,
         *,
         until: int | None = None,
+        live: bool = False,
+        on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.projector = projector
         self.projection = projection
         self.consumer = consumer
         self.tables = tables
         self.until = until
+        # A live runner follows the registry: when a rebuild swaps its tables (in any
+        # process), its next batch sees it under the lock and switches to them.
+        self.live = live
+        self.on_progress = on_progress
         self.state = State.STOPPED
         # `position`: everything up to here is reflected in the tables. `persisted`: what the
         # tracking row holds. They differ only after a stretch of events this projection
@@ -216,7 +232,7 @@ class _Runner:
         self._last_commit = 0.0
         types = projection.event_types
         self._types = sorted(types) if types is not None else None
-        self.lock_key = f"leadlog.consumer.{projector.log.schema}.{consumer}"
+        self.lock_key = consumer_lock_key(projector.log.schema, consumer)
 
     # ---- control ------------------------------------------------------------------------
 
@@ -260,6 +276,14 @@ class _Runner:
                         await self._idle(generation)
                 except _Failed:
                     self.state = State.FAILED
+                    return
+                except _Superseded as superseded:
+                    self.state = State.NEEDS_REBUILD
+                    log.warning(
+                        "live tables rebuilt by another version; projection stopped",
+                        consumer=self.consumer,
+                        detail=str(superseded),
+                    )
                     return
                 except (_Moved, TrackingConflict) as moved:
                     self.conflicts += 1
@@ -305,7 +329,7 @@ class _Runner:
                         consumer=self.consumer,
                         error=_describe(error),
                     )
-            if self.state is not State.FAILED:
+            if self.state not in (State.FAILED, State.NEEDS_REBUILD):
                 self.state = State.STOPPED
             self.progress.fire()
 
@@ -423,14 +447,26 @@ class _Runner:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.lock_key)
             # A statement of its own, after the lock: its snapshot sees the other instance's
             # commit that the lock waited for.
-            current = await conn.fetchval(
-                "SELECT position FROM tracking WHERE consumer = $1", self.consumer
+            row = await conn.fetchrow(
+                """
+                SELECT t.position, v.live_version, v.live_tables
+                  FROM (SELECT 1) AS one
+                  LEFT JOIN tracking t ON t.consumer = $1
+                  LEFT JOIN projection_versions v ON $3 AND v.name = $2
+                """,
+                self.consumer,
+                self.projection.name,
+                self.live,
             )
+            assert row is not None
+            current = row["position"]
+            if row["live_tables"] is not None:
+                self._follow_swap(row["live_version"], Tables(json.loads(row["live_tables"])))
             if (current or 0) != self.persisted:
                 raise _Moved(f"expected {self.persisted}, found {current}")
             if events:
                 try:
-                    await self.projection.apply(_ConnectionDb(conn), self.tables, events)
+                    await self.projection.apply(ConnectionDb(conn), self.tables, events)
                 except Exception as error:
                     if conn.is_closed() or isinstance(error, _TRANSIENT):
                         raise
@@ -456,10 +492,30 @@ class _Runner:
         self._last_commit = asyncio.get_running_loop().time()
         self._advance(upto)
 
+    def _follow_swap(self, live_version: int, tables: Tables) -> None:
+        """Under the consumer lock: switch to the tables a rebuild swapped in."""
+        if tables == self.tables:
+            return
+        if live_version != self.projection.version:
+            raise _Superseded(
+                f"{self.projection.name} is now served by version {live_version} ({tables}); "
+                f"this process runs version {self.projection.version}"
+            )
+        log.info(
+            "live tables swapped by a rebuild",
+            consumer=self.consumer,
+            old=dict(self.tables),
+            new=dict(tables),
+        )
+        self.tables = tables
+        raise _Moved("the live tables were swapped")
+
     def _advance(self, position: int) -> None:
         if position > self.position:
             self.position = position
             self.progress.fire()
+            if self.on_progress is not None:
+                self.on_progress(position)
 
     async def _fail(
         self, position: int, event_id: UUID, event_type: str, error: BaseException
@@ -549,17 +605,23 @@ class Projector:
         self._listener: PoolConnectionProxy | None = None
         self._listener_lock = asyncio.Lock()
         self._runners: dict[str, _Runner] = {}
+        self._watcher: asyncio.Task[None] | None = None
         for projection in projections:
             check_identifier(projection.name, "projection name")
             if projection.name in self._runners:
                 raise ValueError(f"two projections are named {projection.name!r}")
             tables = Tables.versioned(projection.table_names, projection.version)
             self._runners[projection.name] = _Runner(
-                self, projection, live_consumer(projection.name), tables
+                self, projection, live_consumer(projection.name), tables, live=True
             )
         self._started = False
 
     # ---- lifecycle ----------------------------------------------------------------------
+
+    async def register(self) -> None:
+        """Create every projection's tables (and registry rows) without running it, so a
+        process that only serves reads can query the views from its first request."""
+        await self._register()
 
     async def start(self) -> None:
         """Create what is missing (tables, registry rows), then start every projection."""
@@ -571,10 +633,42 @@ class Projector:
         for runner in self._runners.values():
             if runner.state is not State.NEEDS_REBUILD:
                 runner.start()
+        self._watcher = asyncio.create_task(
+            self._await_rebuilds(), name="leadlog-projection-rebuilds"
+        )
+
+    async def _await_rebuilds(self) -> None:
+        """Start a projection waiting for a rebuild once one (in any process) swapped in
+        tables of its version; checks the registry about once a second while any waits."""
+        while True:
+            await asyncio.sleep(min(max(self.poll_interval, 0.1), 1.0))
+            waiting = [
+                r.projection.name for r in self._runners.values() if r.state is State.NEEDS_REBUILD
+            ]
+            if not waiting:
+                continue
+            try:
+                async with self.pool.acquire() as conn:
+                    rows = await conn.fetch(
+                        """SELECT name, live_version, live_tables FROM projection_versions
+                            WHERE name = ANY($1::text[])""",
+                        waiting,
+                    )
+            except Exception as error:  # the next round retries
+                log.warning("registry check failed", error=_describe(error))
+                continue
+            for row in rows:
+                runner = self._runners[row["name"]]
+                if row["live_version"] == runner.projection.version:
+                    self.adopt(row["name"], Tables(json.loads(row["live_tables"])), row[1])
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop every projection once its current batch is committed; after `timeout`
         seconds, cancel the rest (their open batches roll back)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         runners = list(self._runners.values())
         for runner in runners:
             runner.request_stop()
@@ -648,12 +742,14 @@ class Projector:
         consumer: str,
         *,
         until: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> int:
         """Fill `tables` from `consumer`'s checkpoint (0 for a new name) up to `until` (the
         head now, by default) in the calling task; returns the position reached.
 
         The building block of a blue/green rebuild: the next version's tables are filled
-        beside the live ones under their own checkpoint name, then swapped in.
+        beside the live ones under their own checkpoint name, then swapped in
+        (`gateways.rebuild`). `on_progress` is called with each position reached.
         """
         for runner in self._runners.values():
             if consumer == runner.consumer or (
@@ -661,11 +757,11 @@ class Projector:
             ):
                 raise ValueError(f"{consumer} / {tables} is the live copy of {runner.consumer}")
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._registry_key)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.registry_key)
             await conn.execute(projection.create_sql(tables))
         if until is None:
             until = await self.log.max_position()
-        runner = _Runner(self, projection, consumer, tables, until=until)
+        runner = _Runner(self, projection, consumer, tables, until=until, on_progress=on_progress)
         runner.state = State.RUNNING
         await runner.run()
         if runner.state is State.FAILED:
@@ -763,13 +859,41 @@ class Projector:
         return statuses
 
     def tables(self, name: str) -> Tables:
-        """The live tables of a projection (read from the registry once started)."""
+        """The live tables of a projection (read from the registry once started).
+
+        A rebuild swaps them: in this process at once (`adopt`), in another process at its
+        runner's next batch. Readers that do not run the projection should query the view
+        named after each logical table instead, which the swap re-points atomically.
+        """
         return self._runner(name).tables
+
+    def runs(self, name: str) -> bool:
+        return name in self._runners
+
+    def adopt(self, name: str, tables: Tables, live_version: int) -> None:
+        """A rebuild in this process swapped `name`'s live tables: serve and feed those.
+
+        A running projection notices by itself at its next batch (the registry is checked
+        under its lock); this makes `tables()` answer at once, and starts a projection
+        that was waiting for the rebuild of its new version.
+        """
+        runner = self._runners.get(name)
+        if runner is None:
+            return
+        if live_version != runner.projection.version:
+            runner.state = State.NEEDS_REBUILD
+            return
+        runner.tables = tables
+        if runner.state is State.NEEDS_REBUILD:
+            runner.state = State.STOPPED
+            if self._started:
+                runner.start()
 
     # ---- internals ----------------------------------------------------------------------
 
     @property
-    def _registry_key(self) -> str:
+    def registry_key(self) -> str:
+        """The advisory lock (by `hashtext`) that serialises registry changes."""
         return f"leadlog.projections.{self.log.schema}"
 
     def _runner(self, name: str) -> _Runner:
@@ -782,7 +906,7 @@ class Projector:
         """Record each projection's live version and create its tables, once, even when
         several processes start together (they take turns on an advisory lock)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._registry_key)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.registry_key)
             for runner in self._runners.values():
                 projection = runner.projection
                 row = await conn.fetchrow(

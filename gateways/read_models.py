@@ -28,7 +28,7 @@ class PendingLeadsTable:
     async def of_customer(self, customer_id: UUID, as_of: int) -> Sequence[UUID]:
         if not await self.projector.wait_for("pending_leads", as_of, self.timeout):
             raise ViewBehind(f"pending_leads has not reached position {as_of}")
-        table = self.projector.tables("pending_leads")["pending_leads"]
+        table = "pending_leads"  # the view the projector keeps on the live copy
         async with self.projector.pool.acquire() as conn:
             rows = await conn.fetch(
                 f"SELECT lead_id FROM {table} WHERE customer_id = $1 ORDER BY lead_id", customer_id
@@ -136,7 +136,9 @@ class LeadViews:
 
     @property
     def table(self) -> str:
-        return self.projector.tables("leads")["leads"]
+        # The view the projector points at the live copy: a rebuild swapped in by another
+        # process is read from at once. Postgres inlines the view, so indexes still apply.
+        return "leads"
 
     async def wait_for(self, position: int, timeout: float) -> bool:
         return await self.projector.wait_for("leads", position, timeout)

@@ -25,3 +25,5 @@ class Settings(BaseSettings):
     nats_prefix: str = "leadlog"
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     log_level: str = "info"
+    # How often the durable timers (lead abandonment) look for what has come due, in seconds.
+    timer_interval: float = Field(default=5.0, gt=0)

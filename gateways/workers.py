@@ -9,6 +9,7 @@ from gateways.nats_intake import NatsIntake
 from gateways.nats_relay import NatsRelay
 from gateways.reactor import Reactor
 from gateways.read_models import PendingLeadsTable
+from gateways.timers import AbandonmentTimers
 from handlers.customers import ReleasePendingLeads
 
 
@@ -26,6 +27,7 @@ def build_workers(engine: Engine) -> list[Worker]:
     return [
         engine.projector,
         Reactor(engine.log, engine.store, release),
+        AbandonmentTimers(engine.projector, engine.store, interval=engine.settings.timer_interval),
         NatsIntake(engine),
         NatsRelay(engine),
     ]

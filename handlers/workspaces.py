@@ -12,7 +12,7 @@ from uuid import UUID
 
 from domain.pipelines import DEFAULT_PIPELINE_NAME, Pipeline, default_stages
 from domain.workspaces import ROLE_PERMISSIONS, ApiToken, Permission, Role, Workspace, clean_name
-from handlers.ports import Append, Claim, EventStore
+from handlers.ports import Append, Claim, ConcurrencyConflict, EventStore
 
 TOKEN_PREFIX = "llt_"
 
@@ -133,6 +133,34 @@ async def revoke_token(
     if authenticator is not None:
         authenticator.forget(token.token_hash)
     return appended.position
+
+
+@dataclass(frozen=True)
+class AbandonAfter:
+    workspace_id: UUID
+    hours: float
+    position: int
+    """The log position of the change; 0 when the workspace already had this value."""
+
+
+async def set_abandon_after(
+    store: EventStore, workspace_id: UUID, hours: float, attempts: int = 20
+) -> AbandonAfter:
+    """How long (hours, fractional allowed) a pending lead without `expiresAt` waits for its
+    customer before it is abandoned; applies to leads received from now on. A concurrent
+    change to the workspace makes it try again on the new state."""
+    for _ in range(attempts):
+        workspace = await store.load(Workspace, workspace_id)
+        if workspace is None:
+            raise WorkspaceNotFound(f"workspace {workspace_id} does not exist")
+        if not workspace.set_abandon_after(hours):
+            return AbandonAfter(workspace_id, workspace.abandon_after_hours, 0)
+        try:
+            appended = await store.append(Append(workspace_id, events=workspace.collect_events()))
+        except ConcurrencyConflict:
+            continue
+        return AbandonAfter(workspace_id, workspace.abandon_after_hours, appended.position)
+    raise ConcurrencyConflict(f"workspace {workspace_id} kept changing; try again")
 
 
 class Authenticator:

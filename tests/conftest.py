@@ -131,6 +131,7 @@ def settings(schema_name: str, nats_prefix: str) -> Settings:
         nats_prefix=nats_prefix,
         admin_token=ADMIN_TOKEN,
         max_body_bytes=64 * 1024,
+        timer_interval=0.1,
     )
 
 

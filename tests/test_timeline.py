@@ -639,3 +639,17 @@ def _intake(workspace_id: str, name: str, campaign: UUID | None) -> Intake:
         actor="nats:crm",
         channel="nats:crm",
     )
+
+
+async def test_a_lead_shows_its_notes_and_recent_activity(
+    api: httpx.AsyncClient, ws: dict[str, Any]
+) -> None:
+    lead = await add(api, ws, name="Noted")
+    note = await api.post(
+        f"/v1/leads/{lead['id']}/notes", json={"value": "called, no answer"}, headers=ws["h"]
+    )
+    assert note.status_code in (200, 201), note.text
+    await entries(api, ws, lead["id"], after=note.json()["position"])
+    shown = (await api.get(f"/v1/leads/{lead['id']}", headers=ws["h"])).json()
+    assert [n["value"] for n in shown["notes"]] == ["called, no answer"]
+    assert [a["eventType"] for a in shown["recentActivity"]] == ["lead.note_added", "lead.received"]

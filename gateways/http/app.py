@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from gateways.bootstrap import Engine, check_nats, check_postgres
 from gateways.http import (
     forms,
+    history,
     imports,
     inbound_webhooks,
     lead_commands,
@@ -37,6 +38,7 @@ def create_app(engine: Engine) -> FastAPI:
     app.include_router(partners.router)
     app.include_router(pipelines.router)
     app.include_router(timeline.router)
+    app.include_router(history.router)
     app.include_router(inbound_webhooks.router)
     app.include_router(submit.router)
     app.include_router(forms.router)

@@ -25,11 +25,24 @@ def lead_json(lead: Lead) -> dict[str, Any]:
         "status": lead.status,
         "pipelineId": str(lead.pipeline_id) if lead.pipeline_id else None,
         "stageId": str(lead.stage_id) if lead.stage_id else None,
-        "assignedTo": getattr(lead, "assigned_to", None),
+        "assignedTo": lead.assigned_to,
         "isDuplicate": lead.is_duplicate,
         "duplicateOf": str(lead.duplicate_of) if lead.duplicate_of else None,
         "emailValid": lead.email_valid,
         "phoneValid": lead.phone_valid,
+        "notes": [
+            {
+                "id": str(note.id),
+                "value": note.value,
+                "author": note.author,
+                "createdAt": note.created_at.isoformat(),
+            }
+            for note in lead.notes
+        ],
+        "milestones": [str(m) for m in lead.milestones],
+        "deleted": lead.deleted,
+        "contactId": str(lead.contact_id) if lead.contact_id else None,
+        "convertedAt": lead.converted_at.isoformat() if lead.converted_at else None,
         "createdAt": lead.created_on.isoformat(),
         "updatedAt": lead.modified_on.isoformat(),
     }

@@ -146,11 +146,17 @@ async def list_leads(
 
 @router.get("/leads/{lead_id}")
 async def get_lead(lead_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
+    """One lead, current from its events: fields, custom fields with display names, tags,
+    notes, milestones, and its ten most recent timeline entries."""
+    # The timeline module imports this one.
+    from gateways.http.timeline import lead_timeline  # noqa: PLC0415
+
     workspace_id = workspace_of(caller, request)
     lead = await engine_of(request).store.load(Lead, lead_id)
     if lead is None or lead.workspace_id != workspace_id:
         raise ApiError(404, "not_found", f"lead {lead_id} does not exist")
-    return lead_json(lead)
+    activity = await lead_timeline(lead_id, request, caller, page=1, limit=10)
+    return {**lead_json(lead), "recentActivity": activity["items"]}
 
 
 class RegisterCustomer(BaseModel):

@@ -57,12 +57,9 @@ async def await_view(request: Request, name: str, after: int | None) -> None:
 
 
 def table_of(engine: Engine, projection: str, logical: str) -> str:
-    """The live table of a projection this process runs; otherwise the view of the same
-    name the projector keeps pointing at the live copy (another process runs it)."""
-    try:
-        return engine.projector.tables(projection)[logical]
-    except LookupError:
-        return logical
+    """The view of that name the projector keeps pointing at the live copy: a rebuild
+    swapped in by any process is read from at once."""
+    return logical
 
 
 async def lead_in_workspace(engine: Engine, lead_id: UUID, workspace_id: UUID) -> None:

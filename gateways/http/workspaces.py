@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.workspaces import Role
+from domain.workspaces import MAX_ABANDON_AFTER_HOURS, InvalidSetting, Role
 from gateways.http.auth import engine_of, operator, principal, scoped_workspace
 from gateways.http.errors import ApiError
 from handlers import workspaces as commands
@@ -37,6 +37,16 @@ class CreateWorkspace(Body):
 class CreateToken(Body):
     role: Role
     name: str = Field(default="api", min_length=1, max_length=200)
+
+
+class WorkspaceSettings(Body):
+    abandon_after_hours: float = Field(
+        alias="abandonAfterHours",
+        gt=0,
+        le=MAX_ABANDON_AFTER_HOURS,
+        description="hours a pending lead without expiresAt waits for its customer before it "
+        "is abandoned (default 72; fractions allowed); applies to leads received from now on",
+    )
 
 
 def workspace_json(view: commands.WorkspaceView) -> dict[str, object]:
@@ -105,6 +115,26 @@ async def revoke_token(
     engine = engine_of(request)
     position = await commands.revoke_token(engine.store, scoped, token_id, engine.authenticator)
     return {"id": str(token_id), "revoked": True, "position": position}
+
+
+@router.patch("/workspaces/{workspace_id}/settings")
+async def update_settings(
+    workspace_id: UUID, body: WorkspaceSettings, request: Request, caller: Caller
+) -> dict[str, object]:
+    scoped = scoped_workspace(caller, workspace_id)
+    if caller.role not in _MAY_ISSUE:
+        raise ApiError(403, "forbidden", "this token may not change the workspace's settings")
+    try:
+        changed = await commands.set_abandon_after(
+            engine_of(request).store, scoped, body.abandon_after_hours
+        )
+    except InvalidSetting as error:
+        raise ApiError(422, "validation_failed", str(error)) from error
+    return {
+        "id": str(scoped),
+        "abandonAfterHours": changed.hours,
+        "position": changed.position,
+    }
 
 
 @router.get("/me")

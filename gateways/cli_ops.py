@@ -1,0 +1,244 @@
+"""Operator verbs over the log: `leadlog rebuild` (blue/green) and `leadlog replay`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from gateways.bootstrap import PROJECTIONS, Engine
+from gateways.cli import JsonFlag, _emit, _with_engine, err, fail, out
+from gateways.http.history import Cut, HistoryError, lead_history, parse_time, resolve_lead
+from gateways.projector import ProjectionFailed
+from gateways.rebuild import RebuildError, RebuildResult, find, rebuild
+from projections.base import Projection
+
+
+class _EventsPerSecond(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} events/s" if speed else "- events/s", style="cyan")
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _EventsPerSecond(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def _verify_table(result: RebuildResult) -> Table | str:
+    if result.verify_note:
+        return result.verify_note
+    table = Table("table", "live rows", "rebuilt rows", "differing", "first differing keys")
+    for diff in result.verified or []:
+        table.add_row(
+            f"{diff.logical} ({diff.live_table} vs {diff.rebuilt_table})",
+            str(diff.live_rows),
+            str(diff.rebuilt_rows),
+            Text(str(diff.differing), style="red" if diff.differing else "green"),
+            "\n".join(diff.first_keys),
+        )
+    return table
+
+
+def rebuild_command(
+    projection: Annotated[
+        str | None, typer.Argument(help="the projection to rebuild, e.g. leads")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="rebuild every projection")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(help="compare the rebuilt view with the live one and report differences"),
+    ] = False,
+    restart: Annotated[
+        bool, typer.Option(help="drop an interrupted rebuild's tables and start from 0")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rebuild a view from position 0 beside the live one, then swap it in atomically.
+
+    Reads keep answering from the live view meanwhile. An interrupted rebuild resumes
+    where it stopped when run again (or use --restart). The previous version's tables are
+    kept until the next rebuild.
+    """
+    if all_ == (projection is not None):
+        raise fail("name one projection or use --all")
+    try:
+        chosen: list[Projection] = (
+            list(PROJECTIONS) if all_ else [find(PROJECTIONS, projection or "")]
+        )
+    except RebuildError as error:
+        raise fail(str(error)) from None
+
+    async def work(engine: Engine) -> list[RebuildResult]:
+        results = []
+        with _progress(not as_json) as bar:
+            for each in chosen:
+                task = bar.add_task(each.name, total=None)
+
+                def advance(position: int, head: int, task: Any = task) -> None:
+                    bar.update(task, completed=position, total=max(head, 1))
+
+                results.append(
+                    await rebuild(
+                        engine.projector,
+                        each,
+                        verify=verify,
+                        restart=restart,
+                        on_progress=advance,
+                    )
+                )
+        return results
+
+    try:
+        results = _with_engine(work)
+    except RebuildError as error:
+        raise fail(str(error)) from None
+    except ProjectionFailed as error:
+        raise fail(
+            f"{error}; the live view is unchanged. Fix the cause and run the same command "
+            "again to resume from there"
+        ) from None
+    except KeyboardInterrupt:
+        err.print(
+            "interrupted: the live view is unchanged; run the same command again to resume "
+            "(or add --restart to start over)"
+        )
+        raise typer.Exit(130) from None
+    if as_json:
+        _emit([r.json() for r in results], True, "")
+    else:
+        for result in results:
+            rate = result.events / result.seconds if result.seconds > 0 else 0.0
+            resumed = f", resumed from {result.resumed_from}" if result.resumed_from else ""
+            out.print(
+                f"rebuilt [bold]{result.name}[/]: "
+                f"{', '.join(result.old_tables.values())} → "
+                f"{', '.join(result.new_tables.values())} at position {result.position} "
+                f"({result.events} events in {result.seconds:.1f}s, {rate:,.0f} events/s"
+                f"{resumed}); kept {', '.join(result.kept) or 'nothing'}"
+                + (f", dropped {', '.join(result.dropped)}" if result.dropped else "")
+            )
+            if verify:
+                out.print(_verify_table(result))
+    if verify and any(r.differences for r in results):
+        err.print(
+            "[yellow]the live view differed from the log; the rebuilt one now serves[/]",
+        )
+
+
+def _change_text(changes: list[dict[str, Any]]) -> str:
+    def show(value: Any) -> str:
+        return "∅" if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+    return "\n".join(f"{c['field']}: {show(c.get('old'))} → {show(c.get('new'))}" for c in changes)
+
+
+_STATE_FIELDS = (
+    "name",
+    "email",
+    "phone",
+    "company",
+    "status",
+    "pipelineId",
+    "stageId",
+    "assignedTo",
+    "tags",
+    "deleted",
+    "updatedAt",
+)
+
+
+def replay_command(
+    lead: Annotated[str, typer.Argument(help="the lead's id or request id")],
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at", help="show the lead as it was at this time (ISO 8601; UTC if no offset)"
+        ),
+    ] = None,
+    position: Annotated[
+        int | None, typer.Option("--position", help="show the lead as it was at this log position")
+    ] = None,
+    workspace: Annotated[
+        UUID | None, typer.Option(help="the workspace, when a request id is used in several")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """A lead's complete history from the log (time, actor or channel, what changed), and
+    with --at / --position its state as it was then."""
+    try:
+        cut = Cut(at=parse_time(at) if at is not None else None, position=position)
+    except HistoryError as error:
+        raise fail(str(error)) from None
+
+    async def work(engine: Engine) -> dict[str, Any]:
+        lead_id = await resolve_lead(engine, lead, workspace)
+        return await lead_history(engine, lead_id, cut, workspace_id=workspace)
+
+    try:
+        report = _with_engine(work)
+    except HistoryError as error:
+        raise fail(str(error)) from None
+    if as_json:
+        _emit(report, True, "")
+        return
+    out.print(
+        f"lead [bold]{report['leadId']}[/] (request {report['requestId']}, "
+        f"workspace {report['workspaceId']})"
+    )
+    table = Table("position", "time", "actor / channel", "event", "what changed")
+    for column in table.columns:
+        column.overflow = "fold"
+    for item in report["items"]:
+        table.add_row(
+            str(item["position"]),
+            item["recordedAt"],
+            item["actor"],
+            f"{item['summary']}\n[dim]{item['eventType']}[/]",
+            _change_text(item["changes"]),
+        )
+    out.print(table)
+    if report["later"]:
+        out.print(f"[dim]{report['later']} later event(s) not shown[/]")
+    if cut.at is not None or cut.position is not None:
+        state = report["state"]
+        as_of = Table("field", f"value {cut.describe()}")
+        for name in _STATE_FIELDS:
+            value = state.get(name)
+            as_of.add_row(name, "" if value is None else str(value))
+        out.print(as_of)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rebuild")(rebuild_command)
+    app.command("replay")(replay_command)
+
+
+if __name__ == "__main__":  # `python -m gateways.cli_ops …`, e.g. before the wiring exists
+    standalone = typer.Typer(no_args_is_help=True)
+    register(standalone)
+    standalone()
