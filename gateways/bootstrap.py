@@ -24,6 +24,7 @@ from projections.leads import LeadList
 from projections.pending_leads import PendingLeads
 from projections.submissions import SubmissionsView
 from projections.timeline import LeadTimeline
+from projections.webhook_stats import WebhookStats
 from projections.workspaces import WorkspaceDirectory
 
 log = structlog.get_logger(__name__)
@@ -36,6 +37,7 @@ PROJECTIONS: tuple[Projection, ...] = (
     LeadTimeline(),
     SubmissionsView(),
     LeadTimers(),
+    WebhookStats(),
 )
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from gateways.bootstrap import Engine
 from gateways.http.middleware import redact
+from gateways.workers import build_workers
 from tests.conftest import OPERATOR, bearer
 from tests.test_mapping import (
     GOOGLE_LEAD,
@@ -601,3 +602,48 @@ async def test_the_api_key_never_reaches_the_access_log(
     server = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("leadlog"))
     assert "/webhooks/leads/[redacted]" in server
     assert "whk_not_a_real_key_123" not in server  # (the test's own httpx client logs it)
+
+
+async def test_stats_count_what_the_webhook_received(
+    client: httpx.AsyncClient, workspace: Workspace, engine: Engine
+) -> None:
+    workers = build_workers(engine)
+    for worker in workers:
+        await worker.start()
+    try:
+        webhook = await create(client, workspace)
+        other = await create(client, workspace)
+        empty = await client.get(
+            f"/v1/lead-webhooks/{webhook['id']}/stats", headers=auth(workspace)
+        )
+        assert empty.json()["totalReceived"] == 0 and empty.json()["lastReceivedAt"] is None
+        last: dict[str, Any] = {}
+        for i in range(3):
+            response = await post_json(
+                client, webhook["apiKey"], {"name": f"L{i}", "email": "same@example.com"}
+            )
+            assert response.status_code == 201
+            last = response.json()
+        await post_json(client, other["apiKey"], {"name": "Elsewhere"})
+        stats = await client.get(
+            f"/v1/lead-webhooks/{webhook['id']}/stats",
+            params={"after": last["position"]},
+            headers=auth(workspace),
+        )
+        body = stats.json()
+        assert (body["totalReceived"], body["duplicates"]) == (3, 2)
+        assert body["lastLeadId"] == last["id"]
+        assert body["lastReceivedAt"] is not None
+        stranger = await client.post("/v1/workspaces", json={"name": "Other"}, headers=OPERATOR)
+        token = await client.post(
+            f"/v1/workspaces/{stranger.json()['id']}/tokens",
+            json={"role": "admin"},
+            headers=OPERATOR,
+        )
+        hidden = await client.get(
+            f"/v1/lead-webhooks/{webhook['id']}/stats", headers=bearer(token.json()["token"])
+        )
+        assert hidden.status_code == 404
+    finally:
+        for worker in reversed(workers):
+            await worker.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
@@ -165,6 +165,37 @@ async def get_webhook(webhook_id: UUID, request: Request, caller: Viewer) -> dic
     except WebhookNotFound as error:
         raise _not_found(error) from None
     return webhook_json(view)
+
+
+@router.get("/v1/lead-webhooks/{webhook_id}/stats")
+async def webhook_stats(
+    webhook_id: UUID,
+    request: Request,
+    caller: Viewer,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> dict[str, Any]:
+    """Leads received through the webhook (duplicates among them) and the last one's time."""
+    workspace_id = workspace_of(caller, request)
+    engine = engine_of(request)
+    try:
+        await commands.get_webhook(engine.store, workspace_id, webhook_id)
+    except WebhookNotFound as error:
+        raise _not_found(error) from None
+    if after and not await engine.projector.wait_for("webhook_stats", after, 5.0):
+        raise ApiError(503, "view_behind", f"the stats have not caught up with {after} yet")
+    async with engine.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT total_received, duplicates, last_received_at, last_lead_id "
+            "FROM webhook_stats WHERE webhook_id = $1",
+            webhook_id,
+        )
+    return {
+        "id": str(webhook_id),
+        "totalReceived": row["total_received"] if row else 0,
+        "duplicates": row["duplicates"] if row else 0,
+        "lastReceivedAt": row["last_received_at"].isoformat() if row else None,
+        "lastLeadId": str(row["last_lead_id"]) if row else None,
+    }
 
 
 @router.patch("/v1/lead-webhooks/{webhook_id}", openapi_extra=documented_body(UpdateWebhook))
