@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -23,6 +24,7 @@ from gateways.event_store import PostgresEventStore
 from gateways.http.app import create_app
 from gateways.log_store import PostgresLog
 from gateways.settings import Settings
+from gateways.workers import build_workers
 
 
 def log_through_stdlib() -> None:
@@ -170,3 +172,45 @@ def bearer(token: str) -> dict[str, str]:
 
 
 OPERATOR = bearer(ADMIN_TOKEN)
+
+
+async def make_workspace(client: httpx.AsyncClient, name: str = "Acme") -> dict[str, Any]:
+    """A workspace with a manager and a viewer token, and its default pipeline."""
+    created = await client.post("/v1/workspaces", json={"name": name}, headers=OPERATOR)
+    workspace_id = created.json()["id"]
+    manager = await client.post(
+        f"/v1/workspaces/{workspace_id}/tokens", json={"role": "manager"}, headers=OPERATOR
+    )
+    viewer = await client.post(
+        f"/v1/workspaces/{workspace_id}/tokens", json={"role": "viewer"}, headers=OPERATOR
+    )
+    pipelines = await client.get("/v1/lead-pipelines", headers=bearer(manager.json()["token"]))
+    return {
+        "id": workspace_id,
+        "h": bearer(manager.json()["token"]),
+        "viewer": bearer(viewer.json()["token"]),
+        "pipeline": pipelines.json()["items"][0],
+    }
+
+
+@pytest.fixture
+async def running(engine: Engine) -> AsyncIterator[None]:
+    """The background workers as `leadlog up` runs them (views, reactions, timers, NATS)."""
+    workers = build_workers(engine)
+    for worker in workers:
+        await worker.start()
+    yield
+    for worker in reversed(workers):
+        await worker.stop()
+
+
+@pytest.fixture
+async def ws(client: httpx.AsyncClient, running: None) -> dict[str, Any]:
+    """A workspace (see `make_workspace`) with the workers running."""
+    return await make_workspace(client)
+
+
+@pytest.fixture
+async def other(client: httpx.AsyncClient, running: None) -> dict[str, Any]:
+    """A second workspace, for what must not leak between workspaces."""
+    return await make_workspace(client, "Globex")

@@ -11,14 +11,7 @@ import httpx
 
 from domain.leads import Lead
 from gateways.bootstrap import Engine
-from tests import test_lead_commands as shared
 from tests.test_lead_commands import add, history, of_type
-
-# The fixtures of test_lead_commands (the app with this routers, workers running).
-client = shared.client
-running = shared.running
-ws = shared.ws
-other = shared.other
 
 
 async def contacts_created(engine: Engine) -> list[Any]:

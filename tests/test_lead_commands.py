@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -14,61 +13,8 @@ import pytest
 
 from domain.leads import Lead, LeadPatch
 from gateways.bootstrap import Engine
-from gateways.http import lead_commands, partners
-from gateways.http.app import create_app
-from gateways.workers import build_workers
 from handlers import lead_commands as commands
 from handlers.ports import LoggedEvent
-from tests.conftest import OPERATOR, bearer
-
-
-@pytest.fixture
-async def client(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with this issue's routers included (as gateways/http/app.py will)."""
-    app = create_app(engine)
-    app.include_router(lead_commands.router)
-    app.include_router(partners.router)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://leadlog.test") as client:
-        yield client
-
-
-@pytest.fixture
-async def running(engine: Engine) -> AsyncIterator[None]:
-    workers = build_workers(engine)
-    for worker in workers:
-        await worker.start()
-    yield
-    for worker in reversed(workers):
-        await worker.stop()
-
-
-async def make_workspace(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
-    created = await client.post("/v1/workspaces", json={"name": name}, headers=OPERATOR)
-    workspace_id = created.json()["id"]
-    manager = await client.post(
-        f"/v1/workspaces/{workspace_id}/tokens", json={"role": "manager"}, headers=OPERATOR
-    )
-    viewer = await client.post(
-        f"/v1/workspaces/{workspace_id}/tokens", json={"role": "viewer"}, headers=OPERATOR
-    )
-    pipelines = await client.get("/v1/lead-pipelines", headers=bearer(manager.json()["token"]))
-    return {
-        "id": workspace_id,
-        "h": bearer(manager.json()["token"]),
-        "viewer": bearer(viewer.json()["token"]),
-        "pipeline": pipelines.json()["items"][0],
-    }
-
-
-@pytest.fixture
-async def ws(client: httpx.AsyncClient, running: None) -> dict[str, Any]:
-    return await make_workspace(client, "Acme")
-
-
-@pytest.fixture
-async def other(client: httpx.AsyncClient, running: None) -> dict[str, Any]:
-    return await make_workspace(client, "Globex")
 
 
 async def add(client: httpx.AsyncClient, ws: dict[str, Any], **fields: Any) -> dict[str, Any]:

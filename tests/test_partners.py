@@ -8,14 +8,7 @@ from uuid import UUID
 import httpx
 
 from gateways.bootstrap import Engine
-from tests import test_lead_commands as shared
 from tests.test_lead_commands import add, history, of_type
-
-# The fixtures of test_lead_commands (the app with this routers, workers running).
-client = shared.client
-running = shared.running
-ws = shared.ws
-other = shared.other
 
 
 async def make_partner(client: httpx.AsyncClient, ws: dict[str, Any], name: str) -> dict[str, Any]:

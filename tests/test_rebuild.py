@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,36 +18,10 @@ from gateways.bootstrap import Engine
 from gateways.projector import Projector, State
 from gateways.rebuild import RebuildError, rebuild
 from gateways.settings import Settings
-from gateways.workers import build_workers
 from projections.leads import LeadList
-from tests.conftest import OPERATOR, Servers, bearer
+from tests.conftest import Servers
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-async def running(engine: Engine) -> AsyncIterator[None]:
-    workers = build_workers(engine)
-    for worker in workers:
-        await worker.start()
-    yield
-    for worker in reversed(workers):
-        await worker.stop()
-
-
-@pytest.fixture
-async def ws(client: httpx.AsyncClient, running: None) -> dict[str, Any]:
-    created = await client.post("/v1/workspaces", json={"name": "Acme"}, headers=OPERATOR)
-    workspace_id = created.json()["id"]
-    manager = await client.post(
-        f"/v1/workspaces/{workspace_id}/tokens", json={"role": "manager"}, headers=OPERATOR
-    )
-    pipelines = await client.get("/v1/lead-pipelines", headers=bearer(manager.json()["token"]))
-    return {
-        "id": workspace_id,
-        "h": bearer(manager.json()["token"]),
-        "pipeline": pipelines.json()["items"][0],
-    }
 
 
 async def add(client: httpx.AsyncClient, ws: dict[str, Any], name: str) -> dict[str, Any]:

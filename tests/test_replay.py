@@ -4,58 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from gateways.bootstrap import Engine
-from gateways.http import history as history_routes
-from gateways.http.app import create_app
 from gateways.settings import Settings
-from gateways.workers import build_workers
 from tests.conftest import OPERATOR, Servers, bearer
 from tests.test_rebuild import cli
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-async def client(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app, with the history route whether or not `create_app` includes it yet."""
-    app = create_app(engine)
-    if not any(getattr(r, "path", "") == "/v1/leads/{lead}/history" for r in app.routes):
-        app.include_router(history_routes.router)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://leadlog.test") as client:
-        yield client
-
-
-@pytest.fixture
-async def running(engine: Engine) -> AsyncIterator[None]:
-    workers = build_workers(engine)
-    for worker in workers:
-        await worker.start()
-    yield
-    for worker in reversed(workers):
-        await worker.stop()
-
-
-@pytest.fixture
-async def ws(client: httpx.AsyncClient, running: None) -> dict[str, Any]:
-    created = await client.post("/v1/workspaces", json={"name": "Acme"}, headers=OPERATOR)
-    workspace_id = created.json()["id"]
-    manager = await client.post(
-        f"/v1/workspaces/{workspace_id}/tokens", json={"role": "manager"}, headers=OPERATOR
-    )
-    pipelines = await client.get("/v1/lead-pipelines", headers=bearer(manager.json()["token"]))
-    return {
-        "id": workspace_id,
-        "h": bearer(manager.json()["token"]),
-        "pipeline": pipelines.json()["items"][0],
-    }
 
 
 @pytest.fixture

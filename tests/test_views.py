@@ -2,44 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
-
-from gateways.bootstrap import Engine
-from gateways.workers import build_workers
-from tests.conftest import OPERATOR, bearer
-
-
-@pytest.fixture
-async def running(engine: Engine) -> AsyncIterator[None]:
-    workers = build_workers(engine)
-    for worker in workers:
-        await worker.start()
-    yield
-    for worker in reversed(workers):
-        await worker.stop()
-
-
-@pytest.fixture
-async def ws(client: httpx.AsyncClient, running: None) -> dict[str, Any]:
-    created = await client.post("/v1/workspaces", json={"name": "Acme"}, headers=OPERATOR)
-    workspace_id = created.json()["id"]
-    manager = await client.post(
-        f"/v1/workspaces/{workspace_id}/tokens", json={"role": "manager"}, headers=OPERATOR
-    )
-    viewer = await client.post(
-        f"/v1/workspaces/{workspace_id}/tokens", json={"role": "viewer"}, headers=OPERATOR
-    )
-    pipelines = await client.get("/v1/lead-pipelines", headers=bearer(manager.json()["token"]))
-    return {
-        "id": workspace_id,
-        "h": bearer(manager.json()["token"]),
-        "viewer": bearer(viewer.json()["token"]),
-        "pipeline": pipelines.json()["items"][0],
-    }
 
 
 async def add(client: httpx.AsyncClient, ws: dict[str, Any], **fields: Any) -> dict[str, Any]:
