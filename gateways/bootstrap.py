@@ -13,6 +13,7 @@ from nats.aio.client import Client as NatsClient
 from gateways.database import open_pool
 from gateways.event_store import PostgresEventStore
 from gateways.log_store import PostgresLog
+from gateways.metrics import MeteredIntake, Metrics
 from gateways.projector import Projector
 from gateways.read_models import LeadViews
 from gateways.settings import Settings
@@ -53,6 +54,7 @@ class Engine:
     store: PostgresEventStore
     intake: LeadIntake
     authenticator: Authenticator
+    metrics: Metrics
     projector: Projector
     lead_views: LeadViews
     nats: NatsClient
@@ -95,6 +97,8 @@ async def start_engine(
     store = PostgresEventStore(event_log)
     projector = Projector(pool, event_log, store, PROJECTIONS)
     await projector.register()
+    metrics = Metrics()
+    event_log.on_batch = metrics.observe_batch
     return Engine(
         settings=settings,
         database_url=database_url,
@@ -102,7 +106,8 @@ async def start_engine(
         pool=pool,
         log=event_log,
         store=store,
-        intake=LeadIntake(store),
+        intake=MeteredIntake(LeadIntake(store), metrics),
+        metrics=metrics,
         authenticator=Authenticator(store, admin_token),
         projector=projector,
         lead_views=LeadViews(projector),

@@ -27,9 +27,9 @@ from gateways.bootstrap import Engine, start_engine
 from gateways.embedded import EmbeddedStackError, StackAlreadyRunning
 from gateways.http.app import create_app
 from gateways.logs import configure_logging
-from gateways.nats_intake import DURABLE, stream_name
 from gateways.servers import ServerUrls, admin_token, server_urls
 from gateways.settings import Settings
+from gateways.status import engine_status
 from gateways.workers import build_workers
 from handlers import workspaces as commands
 
@@ -298,39 +298,7 @@ def tokens_revoke(
 def status(as_json: JsonFlag = False) -> None:
     """Each consumer's position, lag (events and seconds) and last error; the NATS backlog."""
 
-    async def collect(engine: Engine) -> dict[str, object]:
-        head = await engine.store.max_position()
-        rows = await engine.pool.fetch(
-            """
-            SELECT t.consumer, t.position, t.updated_at,
-                   extract(epoch FROM (SELECT max(recorded_at) FROM events)
-                                     - coalesce((SELECT recorded_at FROM events
-                                                  WHERE position = t.position), 'epoch'))
-                       AS lag_seconds,
-                   (SELECT e.error || ' (at position ' || e.position || ', '
-                                   || coalesce(e.event_type, '?') || ')'
-                      FROM consumer_errors e
-                     WHERE e.consumer = t.consumer AND e.resolved_at IS NULL
-                     ORDER BY e.position LIMIT 1) AS error
-              FROM tracking t ORDER BY t.consumer
-            """
-        )
-        consumers = [
-            {
-                "name": row["consumer"],
-                "position": row["position"],
-                "lagEvents": max(head - row["position"], 0),
-                "lagSeconds": round(max(float(row["lag_seconds"] or 0), 0.0), 3)
-                if head > row["position"]
-                else 0.0,
-                "lastError": row["error"],
-                "updatedAt": row["updated_at"].isoformat(),
-            }
-            for row in rows
-        ]
-        return {"head": head, "consumers": consumers, "natsIntake": await _intake_backlog(engine)}
-
-    report = _with_engine(collect)
+    report = _with_engine(engine_status)
     if as_json:
         _emit(report, True, "")
         return
@@ -353,21 +321,6 @@ def status(as_json: JsonFlag = False) -> None:
             f"NATS intake: {backlog['pending']} waiting, {backlog['ackPending']} in progress, "
             f"{backlog['redelivered']} redelivered"
         )
-
-
-async def _intake_backlog(engine: Engine) -> dict[str, int] | None:
-    """The intake consumer's backlog in JetStream, or None before the engine ever ran."""
-    try:
-        info = await engine.nats.jetstream().consumer_info(
-            stream_name(engine.settings.nats_prefix), DURABLE
-        )
-    except Exception:
-        return None
-    return {
-        "pending": int(info.num_pending or 0),
-        "ackPending": int(info.num_ack_pending or 0),
-        "redelivered": int(info.num_redelivered or 0),
-    }
 
 
 def _register_subcommands() -> None:

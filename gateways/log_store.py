@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -218,6 +219,8 @@ class PostgresLog:
         self._listener_lock = asyncio.Lock()
         self.batches = 0
         self.commands = 0
+        # Told (seconds, commands) after each committed batch: metrics hook in here.
+        self.on_batch: Callable[[float, int], None] | None = None
 
     # ---- appending ----------------------------------------------------------------------
 
@@ -265,6 +268,7 @@ class PostgresLog:
             await self._commit_isolating(batch[middle:])
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         async with self.pool.acquire() as conn:
             await conn.execute(self._begin_and_lock)
             try:
@@ -277,6 +281,8 @@ class PostgresLog:
                 raise
         self.batches += 1
         self.commands += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(time.perf_counter() - started, len(batch))
         # Rejections are final only now: had the transaction failed, the retry would have
         # decided each command again, without the commands it is retried apart from.
         for pending, error in rejected:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateways.bootstrap import Engine, check_nats, check_postgres
 from gateways.http import (
@@ -20,6 +21,7 @@ from gateways.http import (
 )
 from gateways.http.errors import JsonResponse, install_error_handlers
 from gateways.http.middleware import BodyLimit, RequestContext
+from gateways.status import refresh_metrics
 
 
 def create_app(engine: Engine) -> FastAPI:
@@ -43,6 +45,13 @@ def create_app(engine: Engine) -> FastAPI:
     app.include_router(submit.router)
     app.include_router(forms.router)
     app.include_router(imports.router)
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format: intake by channel, append latency, consumer lag."""
+        running: Engine = request.app.state.engine
+        await refresh_metrics(running)
+        return Response(running.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> JsonResponse:

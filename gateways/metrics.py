@@ -1,0 +1,82 @@
+"""Prometheus metrics: intake by channel, append latency, consumer lag, the NATS backlog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from handlers.intake import Intake, LeadIntake, Receipt
+
+
+@dataclass
+class Metrics:
+    """One engine's metrics, in a registry of its own (several engines may share a process)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.received = Counter(
+            "leadlog_leads_received", "Leads received, by channel", ["source"], registry=r
+        )
+        self.duplicates = Counter(
+            "leadlog_leads_duplicate", "Leads received flagged duplicate", ["source"], registry=r
+        )
+        self.replayed = Counter(
+            "leadlog_leads_replayed",
+            "Retried submissions answered with the first result",
+            ["source"],
+            registry=r,
+        )
+        self.append_seconds = Histogram(
+            "leadlog_append_batch_seconds",
+            "Time to commit one group-commit batch",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.append_commands = Counter(
+            "leadlog_append_commands", "Commands committed through the log", registry=r
+        )
+        self.head = Gauge("leadlog_log_head_position", "The log's last position", registry=r)
+        self.lag_events = Gauge(
+            "leadlog_consumer_lag_events", "Events a consumer is behind", ["consumer"], registry=r
+        )
+        self.lag_seconds = Gauge(
+            "leadlog_consumer_lag_seconds", "How far behind a consumer is", ["consumer"], registry=r
+        )
+        self.consumer_errors = Gauge(
+            "leadlog_consumer_errors",
+            "Unresolved errors a consumer stopped at",
+            ["consumer"],
+            registry=r,
+        )
+        self.intake_pending = Gauge(
+            "leadlog_nats_intake_pending", "NATS intake messages not yet processed", registry=r
+        )
+
+    def observe_batch(self, seconds: float, commands: int) -> None:
+        self.append_seconds.observe(seconds)
+        self.append_commands.inc(commands)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MeteredIntake(LeadIntake):
+    """The intake, counting what each channel brings in."""
+
+    def __init__(self, intake: LeadIntake, metrics: Metrics) -> None:
+        super().__init__(intake.store)
+        self.metrics = metrics
+
+    async def receive(self, intake: Intake) -> Receipt:
+        receipt = await super().receive(intake)
+        source = str(intake.source)
+        if receipt.replayed:
+            self.metrics.replayed.labels(source).inc()
+        else:
+            self.metrics.received.labels(source).inc()
+            if receipt.is_duplicate:
+                self.metrics.duplicates.labels(source).inc()
+        return receipt
