@@ -15,6 +15,21 @@ def _search_text(*parts: str | None) -> str:
     return " ".join(p.lower() for p in parts if p)
 
 
+async def _set(db: ProjectionDb, table: str, logged: LoggedEvent, **columns: object) -> None:
+    """Set `columns` on the event's lead, unless a later event already updated its row (so a
+    re-applied batch is a no-op, never a step back)."""
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, start=2))
+    n = len(columns) + 2
+    await db.execute(
+        f"""UPDATE {table} SET {assignments}, updated_at = ${n}, updated_position = ${n + 1}
+             WHERE id = $1 AND updated_position < ${n + 1}""",
+        logged.event.originator_id,
+        *columns.values(),
+        logged.event.timestamp,
+        logged.position,
+    )
+
+
 class LeadList(Projection):
     name = "leads"
     version = 1
@@ -106,43 +121,15 @@ class LeadList(Projection):
                     await self._insert(db, t, received)
                     received = []
                 if isinstance(event, Lead.StageChanged):
-                    await db.execute(
-                        f"""UPDATE {t} SET pipeline_id = $2, stage_id = $3, updated_at = $4,
-                                          updated_position = $5
-                             WHERE id = $1 AND updated_position < $5""",
-                        event.originator_id,
-                        event.pipeline_id,
-                        event.new_stage_id,
-                        event.timestamp,
-                        logged.position,
+                    await _set(
+                        db, t, logged, pipeline_id=event.pipeline_id, stage_id=event.new_stage_id
                     )
                 if isinstance(event, Lead.StatusChanged):
-                    await db.execute(
-                        f"""UPDATE {t} SET status = $2, updated_at = $3, updated_position = $4
-                             WHERE id = $1 AND updated_position < $4""",
-                        event.originator_id,
-                        event.new,
-                        event.timestamp,
-                        logged.position,
-                    )
+                    await _set(db, t, logged, status=event.new)
                 if isinstance(event, Lead.Assigned):
-                    await db.execute(
-                        f"""UPDATE {t} SET assigned_to = $2, updated_at = $3, updated_position = $4
-                             WHERE id = $1 AND updated_position < $4""",
-                        event.originator_id,
-                        event.new,
-                        event.timestamp,
-                        logged.position,
-                    )
+                    await _set(db, t, logged, assigned_to=event.new)
                 if isinstance(event, Lead.Deleted | Lead.Restored):
-                    await db.execute(
-                        f"""UPDATE {t} SET deleted = $2, updated_at = $3, updated_position = $4
-                             WHERE id = $1 AND updated_position < $4""",
-                        event.originator_id,
-                        isinstance(event, Lead.Deleted),
-                        event.timestamp,
-                        logged.position,
-                    )
+                    await _set(db, t, logged, deleted=isinstance(event, Lead.Deleted))
                 if isinstance(event, Lead.Updated):
                     await self._update(db, t, event, logged.position)
         if received:
