@@ -33,6 +33,7 @@ from domain.partners import Partner
 from domain.pipelines import Pipeline
 from domain.workspaces import Workspace
 from handlers.ports import Allocation, Append, Claim, ConcurrencyConflict, EventStore
+from handlers.users import assignable_user
 from handlers.workspaces import WorkspaceNotFound
 
 T = TypeVar("T")
@@ -132,6 +133,23 @@ async def assign(
     actor: str,
     by_user: bool = True,
 ) -> Done[bool]:
+    """Give the lead to an active user of the workspace, by id (`UnknownUser` otherwise), or
+    to nobody (None)."""
+    if user is not None:
+        user = str((await assignable_user(store, workspace_id, user)).id)
+    return await _assign(store, workspace_id, lead_id, user, actor, by_user)
+
+
+async def _assign(
+    store: EventStore,
+    workspace_id: UUID,
+    lead_id: UUID,
+    user: str | None,
+    actor: str,
+    by_user: bool,
+) -> Done[bool]:
+    """`assign` with `user` already checked."""
+
     async def decide(lead: Lead) -> bool:
         return lead.assign(user, actor, by_user)
 
@@ -462,6 +480,9 @@ async def bulk(
     patch = LeadPatch(add_tags=tuple(add_tags), remove_tags=tuple(remove_tags))
     if action is BulkAction.TAG and not (patch.add_tags or patch.remove_tags):
         raise InvalidTransition("tag needs addTags or removeTags")
+    if action is BulkAction.ASSIGN and assigned_to is not None:
+        # One user for every lead: checked once (`UnknownUser` refuses the whole request).
+        assigned_to = str((await assignable_user(store, workspace_id, assigned_to)).id)
     gate = asyncio.Semaphore(BULK_CONCURRENCY)
 
     async def one(lead_id: UUID) -> BulkResult:
@@ -472,7 +493,7 @@ async def bulk(
                     assert stage_id is not None
                     done = await move_stage(store, workspace_id, lead_id, stage_id, actor)
                 elif action is BulkAction.ASSIGN:
-                    done = await assign(store, workspace_id, lead_id, assigned_to, actor, by_user)
+                    done = await _assign(store, workspace_id, lead_id, assigned_to, actor, by_user)
                 elif action is BulkAction.DELETE:
                     done = await delete_lead(store, workspace_id, lead_id, actor, by_user)
                 else:

@@ -214,3 +214,14 @@ async def ws(client: httpx.AsyncClient, running: None) -> dict[str, Any]:
 async def other(client: httpx.AsyncClient, running: None) -> dict[str, Any]:
     """A second workspace, for what must not leak between workspaces."""
     return await make_workspace(client, "Globex")
+
+
+async def make_user(
+    client: httpx.AsyncClient, headers: dict[str, str], name: str, email: str | None = None
+) -> dict[str, Any]:
+    """A user of the headers' workspace (`POST /v1/users`); a fresh email unless given."""
+    address = email or f"{uuid.uuid4().hex[:12]}@users.example.com"
+    created = await client.post("/v1/users", json={"name": name, "email": address}, headers=headers)
+    assert created.status_code == 201, created.text
+    body: dict[str, Any] = created.json()
+    return body

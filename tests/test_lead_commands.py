@@ -15,6 +15,7 @@ from domain.leads import Lead, LeadPatch
 from gateways.bootstrap import Engine
 from handlers import lead_commands as commands
 from handlers.ports import LoggedEvent
+from tests.conftest import make_user
 
 
 async def add(client: httpx.AsyncClient, ws: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -110,28 +111,33 @@ async def test_assign_and_unassign(
     client: httpx.AsyncClient, ws: dict[str, Any], engine: Engine
 ) -> None:
     lead = await add(client, ws, name="Bo")
+    user = (await make_user(client, ws["h"], "Seven"))["id"]
     assigned = await client.patch(
-        f"/v1/leads/{lead['id']}/assign", json={"assignedTo": "user-7"}, headers=ws["h"]
+        f"/v1/leads/{lead['id']}/assign", json={"assignedTo": user}, headers=ws["h"]
     )
     assert assigned.status_code == 200, assigned.text
-    assert assigned.json()["assignedTo"] == "user-7"
-    items = await listed(client, ws, assigned.json()["position"], assignedTo="user-7")
+    assert assigned.json()["assignedTo"] == user
+    items = await listed(client, ws, assigned.json()["position"], assignedTo=user)
     assert [i["name"] for i in items] == ["Bo"]
     cleared = await client.patch(
         f"/v1/leads/{lead['id']}/assign", json={"assignedTo": None}, headers=ws["h"]
     )
     assert cleared.json()["assignedTo"] is None
-    assert await listed(client, ws, cleared.json()["position"], assignedTo="user-7") == []
+    assert await listed(client, ws, cleared.json()["position"], assignedTo=user) == []
     events = await history(engine, lead["id"])
     first, second = of_type(events, "lead.assigned")
-    assert (first.old, first.new, first.by_user) == (None, "user-7", True)
-    assert (second.old, second.new) == ("user-7", None)
+    assert (first.old, first.new, first.by_user) == (None, user, True)
+    assert (second.old, second.new) == (user, None)
     entry = await timeline_entry(next(e for e in events if e.event_type == "lead.assigned"))
-    assert entry.changes == [{"field": "assigned", "old": None, "new": "user-7"}]
+    assert entry.changes == [{"field": "assigned", "old": None, "new": user}]
     bad = await client.patch(
         f"/v1/leads/{lead['id']}/assign", json={"assignedTo": ""}, headers=ws["h"]
     )
     assert bad.status_code == 422
+    unknown = await client.patch(
+        f"/v1/leads/{lead['id']}/assign", json={"assignedTo": "user-7"}, headers=ws["h"]
+    )
+    assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_user"
 
 
 async def test_notes_carry_author_and_time(
@@ -283,12 +289,19 @@ async def test_bulk_actions_report_per_lead(
     foreign_lead = await client.get(f"/v1/leads/{foreign['id']}", headers=other["h"])
     assert foreign_lead.json()["stageId"] == other["pipeline"]["stages"][0]["id"]
 
+    user = (await make_user(client, ws["h"], "One"))["id"]
     assigned = await client.post(
+        "/v1/leads/bulk-action",
+        json={"action": "assign", "leadIds": ids[:2], "assignedTo": user},
+        headers=ws["h"],
+    )
+    assert assigned.json()["succeeded"] == 2
+    nobody = await client.post(
         "/v1/leads/bulk-action",
         json={"action": "assign", "leadIds": ids[:2], "assignedTo": "user-1"},
         headers=ws["h"],
     )
-    assert assigned.json()["succeeded"] == 2
+    assert nobody.status_code == 422 and nobody.json()["error"]["code"] == "unknown_user"
     tagged = await client.post(
         "/v1/leads/bulk-action",
         json={"action": "tag", "leadIds": ids, "addTags": ["vip"]},
@@ -300,7 +313,7 @@ async def test_bulk_actions_report_per_lead(
     )
     assert deleted.json()["succeeded"] == 1
     after = deleted.json()["position"]
-    assert len(await listed(client, ws, after, assignedTo="user-1")) == 2
+    assert len(await listed(client, ws, after, assignedTo=user)) == 2
     assert {i["name"] for i in await listed(client, ws, after, tag="vip")} == {"B0", "B1"}
     # a move into a deleted lead fails alone
     again = await client.post(

@@ -27,6 +27,7 @@ from gateways.http.leads import actor_of, workspace_of
 from gateways.http.payloads import is_json, parse_json_object, validation_error
 from handlers import lead_commands as commands
 from handlers.lead_commands import BulkAction, Done, LeadNotFound, UnknownPartner
+from handlers.users import UnknownUser
 from handlers.workspaces import Principal
 
 router = APIRouter(prefix="/v1", tags=["leads"])
@@ -46,8 +47,7 @@ class StageBody(Body):
 
 
 class AssignBody(Body):
-    # A user of the workspace, by id; null unassigns. (The workspace has no user directory
-    # yet, so any non-empty id is accepted.)
+    # An active user of the workspace (`/v1/users`), by id; null unassigns.
     assigned_to: str | None = Field(min_length=1, max_length=200)
 
 
@@ -123,6 +123,8 @@ async def run(command: Callable[[], Awaitable[T]]) -> T:
         raise ApiError(404, "not_found", str(error)) from None
     except UnknownPartner as error:
         raise ApiError(422, "unknown_partner", str(error)) from None
+    except UnknownUser as error:
+        raise ApiError(422, "unknown_user", str(error)) from None
     except InvalidTransition as error:
         raise ApiError(422, "invalid_transition", str(error)) from None
 
@@ -216,6 +218,8 @@ async def bulk_action(body: BulkBody, request: Request, caller: Manager) -> dict
         )
     except InvalidTransition as error:
         raise ApiError(422, "invalid_transition", str(error)) from None
+    except UnknownUser as error:
+        raise ApiError(422, "unknown_user", str(error)) from None
     return {
         "action": body.action,
         "succeeded": sum(r.ok for r in results),

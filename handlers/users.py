@@ -1,0 +1,321 @@
+"""Command handlers for the user directory: users, groups, and who a lead may be given to."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+from uuid import UUID
+
+from domain.base import DomainEvent
+from domain.users import User, UserGroup, email_key, group_name_key, new_group, new_user
+from domain.workspaces import Workspace
+from handlers.listing import aggregates_of
+from handlers.ports import Append, Claim, ConcurrencyConflict, EventStore, ReservationTaken
+from handlers.workspaces import WorkspaceNotFound
+
+T = TypeVar("T")
+
+ATTEMPTS = 10
+
+
+class UserNotFound(LookupError):
+    """No such user in this workspace (another workspace's user looks exactly like this)."""
+
+
+class GroupNotFound(LookupError):
+    """No such group in this workspace, or it was deleted."""
+
+
+class UnknownUser(LookupError):
+    """An id that names no active user of the workspace, where one is required."""
+
+
+class UnknownGroup(LookupError):
+    """An id that names no live group of the workspace, where one is required."""
+
+
+class InvalidMembers(UnknownUser):
+    """A group's members must all be active users of its workspace."""
+
+    def __init__(self, member_ids: Sequence[UUID]) -> None:
+        listed = ", ".join(str(i) for i in member_ids)
+        super().__init__(f"not active users of this workspace: {listed}")
+        self.member_ids = list(member_ids)
+
+
+class Taken(ReservationTaken):
+    """A user's email or a group's name is already used in the workspace."""
+
+    def __init__(self, message: str, taken: ReservationTaken) -> None:
+        super().__init__(taken.key, taken.holder)
+        self.args = (message,)
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run `attempt` again (it reloads and re-decides) while it loses a race. (The same loop
+    as lead_commands.retrying, which cannot be imported here: lead_commands imports this.)"""
+    for tried in range(1, ATTEMPTS + 1):
+        try:
+            return await attempt()
+        except ConcurrencyConflict:
+            if tried == ATTEMPTS:
+                raise
+            await asyncio.sleep(random.uniform(0, 0.004 * tried))
+    raise AssertionError("unreachable")
+
+
+async def _append(
+    store: EventStore,
+    workspace_id: UUID,
+    events: Sequence[DomainEvent],
+    claims: Sequence[Claim] = (),
+    releases: Sequence[str] = (),
+    taken: str = "",
+) -> int:
+    """Append the events with their exclusive claims; a taken key is reported as `taken`."""
+    if not events:
+        return 0
+    try:
+        appended = await store.append(
+            Append(workspace_id, events=events, claims=claims, releases=releases)
+        )
+    except ReservationTaken as error:
+        raise Taken(taken or str(error), error) from None
+    return appended.position
+
+
+async def _ensure_workspace(store: EventStore, workspace_id: UUID) -> None:
+    if await store.load(Workspace, workspace_id) is None:
+        raise WorkspaceNotFound(f"workspace {workspace_id} does not exist")
+
+
+# ---- users ---------------------------------------------------------------------------------
+
+
+async def load_user(store: EventStore, workspace_id: UUID, user_id: UUID) -> User | None:
+    """The workspace's user (active or not); None for another workspace's or no user."""
+    user = await store.load(User, user_id)
+    if user is None or user.workspace_id != workspace_id:
+        return None
+    return user
+
+
+async def get_user(store: EventStore, workspace_id: UUID, user_id: UUID) -> User:
+    user = await load_user(store, workspace_id, user_id)
+    if user is None:
+        raise UserNotFound(f"user {user_id} does not exist")
+    return user
+
+
+async def list_users(
+    store: EventStore, workspace_id: UUID, active: bool | None = None
+) -> list[User]:
+    """The workspace's users, oldest first; only active (or only deactivated) ones on request."""
+    users = await aggregates_of(store, User, "user.created", workspace_id)
+    return [u for u in users if active is None or u.active == active]
+
+
+async def create_user(
+    store: EventStore, workspace_id: UUID, name: str, email: str, actor: str
+) -> tuple[User, int]:
+    """A new active user; the email (normalised) must not be any other user's in the
+    workspace, deactivated users included (`Taken` otherwise, decided in the append)."""
+    await _ensure_workspace(store, workspace_id)
+    user = new_user(workspace_id, name, email, actor)
+    position = await _append(
+        store,
+        workspace_id,
+        user.collect_events(),
+        claims=[Claim(email_key(workspace_id, user.email), user.id, exclusive=True)],
+        taken=f"a user with email {user.email} already exists",
+    )
+    return user, position
+
+
+async def update_user(
+    store: EventStore,
+    workspace_id: UUID,
+    user_id: UUID,
+    actor: str,
+    name: str | None = None,
+    email: str | None = None,
+) -> tuple[User, int]:
+    """Change the name and/or email; a new email takes its key and frees the old one in the
+    same append. The position is 0 when nothing changed."""
+
+    async def attempt() -> tuple[User, int]:
+        user = await get_user(store, workspace_id, user_id)
+        old_email = user.email
+        if not user.update(actor, name=name, email=email):
+            return user, 0
+        claims: list[Claim] = []
+        releases: list[str] = []
+        if user.email != old_email:
+            claims.append(Claim(email_key(workspace_id, user.email), user.id, exclusive=True))
+            releases.append(email_key(workspace_id, old_email))
+        position = await _append(
+            store,
+            workspace_id,
+            user.collect_events(),
+            claims=claims,
+            releases=releases,
+            taken=f"a user with email {user.email} already exists",
+        )
+        return user, position
+
+    return await _retrying(attempt)
+
+
+async def deactivate_user(
+    store: EventStore, workspace_id: UUID, user_id: UUID, actor: str
+) -> tuple[User, int]:
+    """The user can no longer be given leads (leads they hold stay theirs); their email stays
+    reserved so that reactivation gives them back as they were."""
+
+    async def attempt() -> tuple[User, int]:
+        user = await get_user(store, workspace_id, user_id)
+        user.deactivate(actor)
+        return user, await _append(store, workspace_id, user.collect_events())
+
+    return await _retrying(attempt)
+
+
+async def reactivate_user(
+    store: EventStore, workspace_id: UUID, user_id: UUID, actor: str
+) -> tuple[User, int]:
+    async def attempt() -> tuple[User, int]:
+        user = await get_user(store, workspace_id, user_id)
+        user.reactivate(actor)
+        return user, await _append(store, workspace_id, user.collect_events())
+
+    return await _retrying(attempt)
+
+
+async def assignable_user(store: EventStore, workspace_id: UUID, user_id: str) -> User:
+    """The active user of the workspace that `user_id` names; `UnknownUser` when it is not
+    a UUID, names no user of this workspace, or names a deactivated one."""
+    try:
+        parsed = UUID(user_id)
+    except (TypeError, ValueError):
+        raise UnknownUser(f"{user_id!r} is not a user of this workspace") from None
+    user = await load_user(store, workspace_id, parsed)
+    if user is None:
+        raise UnknownUser(f"user {user_id} is not a user of this workspace")
+    if not user.active:
+        raise UnknownUser(f"user {user_id} is deactivated")
+    return user
+
+
+# ---- groups --------------------------------------------------------------------------------
+
+
+async def load_group(store: EventStore, workspace_id: UUID, group_id: UUID) -> UserGroup | None:
+    """The workspace's live group; None for a deleted, another workspace's, or no group."""
+    group = await store.load(UserGroup, group_id)
+    if group is None or group.workspace_id != workspace_id or group.deleted:
+        return None
+    return group
+
+
+async def get_group(store: EventStore, workspace_id: UUID, group_id: UUID) -> UserGroup:
+    group = await load_group(store, workspace_id, group_id)
+    if group is None:
+        raise GroupNotFound(f"user group {group_id} does not exist")
+    return group
+
+
+async def list_groups(store: EventStore, workspace_id: UUID) -> list[UserGroup]:
+    """The workspace's live groups, oldest first."""
+    return await aggregates_of(store, UserGroup, "user_group.created", workspace_id)
+
+
+async def _check_members(store: EventStore, workspace_id: UUID, member_ids: Sequence[UUID]) -> None:
+    """`InvalidMembers` naming every id that is not an active user of the workspace.
+
+    Checked before the append, not in it: a member deactivated meanwhile stays listed, and
+    `group_members` leaves deactivated members out anyway."""
+    ids = list(dict.fromkeys(member_ids))
+    users = await asyncio.gather(*(load_user(store, workspace_id, i) for i in ids))
+    bad = [i for i, user in zip(ids, users, strict=True) if user is None or not user.active]
+    if bad:
+        raise InvalidMembers(bad)
+
+
+async def create_group(
+    store: EventStore, workspace_id: UUID, name: str, member_ids: Sequence[UUID], actor: str
+) -> tuple[UserGroup, int]:
+    """A new group; its name is unique in the workspace (case-insensitively, `Taken`), its
+    members must be active users of the workspace (`InvalidMembers`)."""
+    await _ensure_workspace(store, workspace_id)
+    group = new_group(workspace_id, name, member_ids, actor)
+    await _check_members(store, workspace_id, group.member_ids)
+    position = await _append(
+        store,
+        workspace_id,
+        group.collect_events(),
+        claims=[Claim(group_name_key(workspace_id, group.name), group.id, exclusive=True)],
+        taken=f"a user group named {group.name!r} already exists",
+    )
+    return group, position
+
+
+async def update_group(
+    store: EventStore,
+    workspace_id: UUID,
+    group_id: UUID,
+    actor: str,
+    name: str | None = None,
+    member_ids: Sequence[UUID] | None = None,
+) -> tuple[UserGroup, int]:
+    """Rename and/or replace the members, in one append; position 0 when nothing changed."""
+    if member_ids is not None:
+        await _check_members(store, workspace_id, member_ids)
+
+    async def attempt() -> tuple[UserGroup, int]:
+        group = await get_group(store, workspace_id, group_id)
+        old_key = group_name_key(workspace_id, group.name)
+        if name is not None:
+            group.rename(name, actor)
+        if member_ids is not None:
+            group.set_members(member_ids, actor)
+        new_key = group_name_key(workspace_id, group.name)
+        renamed = new_key != old_key
+        position = await _append(
+            store,
+            workspace_id,
+            group.collect_events(),
+            claims=[Claim(new_key, group.id, exclusive=True)] if renamed else [],
+            releases=[old_key] if renamed else [],
+            taken=f"a user group named {group.name!r} already exists",
+        )
+        return group, position
+
+    return await _retrying(attempt)
+
+
+async def delete_group(store: EventStore, workspace_id: UUID, group_id: UUID, actor: str) -> int:
+    """The group is gone (its name free again); the users stay."""
+
+    async def attempt() -> int:
+        group = await get_group(store, workspace_id, group_id)
+        group.delete(actor)
+        return await _append(
+            store,
+            workspace_id,
+            group.collect_events(),
+            releases=[group_name_key(workspace_id, group.name)],
+        )
+
+    return await _retrying(attempt)
+
+
+async def group_members(store: EventStore, workspace_id: UUID, group_id: UUID) -> list[User]:
+    """The group's active members, in the group's order; `UnknownGroup` for a deleted,
+    another workspace's, or no group."""
+    group = await load_group(store, workspace_id, group_id)
+    if group is None:
+        raise UnknownGroup(f"user group {group_id} is not a group of this workspace")
+    users = await asyncio.gather(*(load_user(store, workspace_id, i) for i in group.member_ids))
+    return [u for u in users if u is not None and u.active]
