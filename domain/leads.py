@@ -320,6 +320,7 @@ class Lead(Aggregate):
         idempotency_key: str | None = None
         pipeline_id: UUID | None = None
         stage_id: UUID | None = None
+        lead_type_id: UUID | None = None
 
     class InvitationRequested(Aggregate.Event):
         customer_id: UUID
@@ -407,6 +408,28 @@ class Lead(Aggregate):
         reason: str
         actor: str
 
+    class LeadTypeChanged(Aggregate.Event):
+        old: UUID | None
+        new: UUID
+        actor: str
+        by_user: bool
+
+    class ActionTaken(Aggregate.Event):
+        """A lead-type action decided for a trigger: what it did (`done`), or why not
+        (`skipped`, `unchanged`), or that it handed work to a delivery (`scheduled`).
+        `depth` counts how many actions in a row led here (the loop guard)."""
+
+        trigger: str
+        event_code: str
+        lead_type_id: UUID
+        action_id: UUID
+        action_type: str
+        outcome: str
+        detail: str
+        depth: int
+        delivery_id: UUID | None = None
+        cause_position: int | None = None
+
     class Converted(Aggregate.Event):
         """Converted into a Contact: a new one, or (`linked_existing`) one that already had
         the lead's email or phone."""
@@ -441,8 +464,10 @@ class Lead(Aggregate):
         idempotency_key: str | None = None,
         pipeline_id: UUID | None = None,
         stage_id: UUID | None = None,
+        lead_type_id: UUID | None = None,
     ) -> None:
         self.workspace_id = workspace_id
+        self.lead_type_id = lead_type_id
         self.request_id = request_id
         self.source = source
         self.channel = channel
@@ -721,6 +746,24 @@ class Lead(Aggregate):
     @event(ReturnDeclined)
     def _return_declined(self, partner_id: UUID, reason: str, actor: str) -> None:
         self.open_return = None
+
+    def change_lead_type(self, lead_type_id: UUID, actor: str, by_user: bool) -> bool:
+        """Give the lead another lead type; False when it has that one already."""
+        self.ensure_live()
+        if lead_type_id == self.lead_type_id:
+            return False
+        self._lead_type_changed(
+            old=self.lead_type_id, new=lead_type_id, actor=actor, by_user=by_user
+        )
+        return True
+
+    @event(LeadTypeChanged)
+    def _lead_type_changed(self, old: UUID | None, new: UUID, actor: str, by_user: bool) -> None:
+        self.lead_type_id = new
+
+    def take_action(self, **fields: Any) -> None:
+        """Record one lead-type action's outcome (see `ActionTaken`)."""
+        self.trigger_event(Lead.ActionTaken, **fields)
 
     def convert(self, contact_id: UUID, linked_existing: bool, actor: str, by_user: bool) -> None:
         """Mark the lead converted into `contact_id`, and reach Converted (once)."""

@@ -81,12 +81,28 @@ class Workspace(Aggregate):
 
         hours: float
 
+    class DefaultLeadTypeSet(Aggregate.Event):
+        """The lead type new leads get (None: none, so no lead-type actions run)."""
+
+        lead_type_id: UUID | None
+
     @event(Created)
     def __init__(self, name: str, default_region: str = "US") -> None:
         self.name = name
         self.default_region = default_region
         self.active_pipeline_id: UUID | None = None
         self.abandon_after_hours = DEFAULT_ABANDON_AFTER_HOURS
+        self.default_lead_type_id: UUID | None = None
+
+    def set_default_lead_type(self, lead_type_id: UUID | None) -> bool:
+        if lead_type_id == self.default_lead_type_id:
+            return False
+        self._default_lead_type_set(lead_type_id=lead_type_id)
+        return True
+
+    @event(DefaultLeadTypeSet)
+    def _default_lead_type_set(self, lead_type_id: UUID | None) -> None:
+        self.default_lead_type_id = lead_type_id
 
     def activate_pipeline(self, pipeline_id: UUID) -> None:
         """New leads land in the first stage of the active pipeline."""

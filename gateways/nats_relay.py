@@ -31,6 +31,7 @@ from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
+from domain.lead_types import LeadType
 from gateways.bootstrap import Engine
 from gateways.log_store import PostgresLog, Record
 from handlers.ports import Checkpoint, TrackingConflict
@@ -63,6 +64,24 @@ def event_subject(prefix: str, record: Record) -> str:
     return f"{prefix}.events.{workspace}.{event_type}"
 
 
+# Fields never published (a webhook signing secret): by event type, from the event classes.
+REDACTED_FIELDS: dict[str, frozenset[str]] = {
+    "lead_type.secret_issued": LeadType.SecretIssued.redacted_fields,
+}
+REDACTED = "[redacted]"
+
+
+def _state(record: Record) -> orjson.Fragment:
+    hidden = REDACTED_FIELDS.get(record.event_type)
+    if not hidden:
+        # Already JSON (orjson-encoded by the codec): embedded as is, not re-decoded.
+        return orjson.Fragment(record.state)
+    state = orjson.loads(record.state)
+    for name in hidden & state.keys():
+        state[name] = REDACTED
+    return orjson.Fragment(orjson.dumps(state))
+
+
 def event_payload(record: Record) -> bytes:
     """The message body: the event's envelope, with its stored JSON state as `data`."""
     return orjson.dumps(
@@ -74,8 +93,7 @@ def event_payload(record: Record) -> bytes:
             "aggregateId": str(record.originator_id),
             "version": record.originator_version,
             "recordedAt": record.recorded_at.isoformat(),
-            # Already JSON (orjson-encoded by the codec): embedded as is, not re-decoded.
-            "data": orjson.Fragment(record.state),
+            "data": _state(record),
         }
     )
 

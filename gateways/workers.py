@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from gateways.action_runner import ActionWorkers
 from gateways.bootstrap import Engine
 from gateways.nats_intake import NatsIntake
 from gateways.nats_relay import NatsRelay
 from gateways.reactor import Reactor
 from gateways.read_models import PendingLeadsTable
 from gateways.timers import AbandonmentTimers
+from handlers.actions import ActionRunner
 from handlers.customers import ReleasePendingLeads
 
 
@@ -27,6 +29,7 @@ def build_workers(engine: Engine) -> list[Worker]:
     return [
         engine.projector,
         Reactor(engine.log, engine.store, release),
+        ActionWorkers(engine.log, engine.store, ActionRunner(engine.store)),
         AbandonmentTimers(engine.projector, engine.store, interval=engine.settings.timer_interval),
         NatsIntake(engine),
         NatsRelay(engine),

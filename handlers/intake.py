@@ -52,6 +52,7 @@ class Placement:
     region: str
     pipeline_id: UUID | None
     stage_id: UUID | None
+    lead_type_id: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,9 @@ class LeadIntake:
             pipeline = await self.store.load(Pipeline, workspace.active_pipeline_id)
             if pipeline is not None and not pipeline.deleted:
                 pipeline_id, stage_id = pipeline.id, pipeline.first_stage.id
-        placement = Placement(workspace.default_region, pipeline_id, stage_id)
+        placement = Placement(
+            workspace.default_region, pipeline_id, stage_id, workspace.default_lead_type_id
+        )
         self._settings[workspace_id] = (placement, now)
         return placement
 
@@ -175,6 +178,7 @@ class LeadIntake:
                 idempotency_key=intake.idempotency_key,
                 pipeline_id=placement.pipeline_id,
                 stage_id=placement.stage_id,
+                lead_type_id=placement.lead_type_id,
             )
             if invite and details.customer_id is not None:
                 lead.request_invitation(details.customer_id)

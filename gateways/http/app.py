@@ -12,11 +12,13 @@ from gateways.http import (
     imports,
     inbound_webhooks,
     lead_commands,
+    lead_types,
     leads,
     partners,
     pipelines,
     submit,
     timeline,
+    users,
     workspaces,
 )
 from gateways.http.errors import JsonResponse, install_error_handlers
@@ -38,6 +40,8 @@ def create_app(engine: Engine) -> FastAPI:
     app.include_router(leads.router)
     app.include_router(lead_commands.router)
     app.include_router(partners.router)
+    app.include_router(lead_types.router)
+    app.include_router(users.router)
     app.include_router(pipelines.router)
     app.include_router(timeline.router)
     app.include_router(history.router)
