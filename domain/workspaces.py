@@ -13,6 +13,8 @@ from domain.base import Aggregate
 class Permission(StrEnum):
     LEADS_VIEW = "leads:view"
     LEADS_MANAGE = "leads:manage"
+    # Hand back a lead referred to the token's partner (partner tokens; managers too).
+    RETURNS_START = "returns:start"
 
 
 class Role(StrEnum):
@@ -21,6 +23,8 @@ class Role(StrEnum):
     MANAGER = "manager"
     MARKETER = "marketer"
     VIEWER = "viewer"
+    # A partner's own credential: it may only return the leads referred to that partner.
+    PARTNER = "partner"
 
 
 # Everyone in a workspace may look at its leads; only viewers may not change them.
@@ -30,6 +34,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.MANAGER: frozenset(Permission),
     Role.MARKETER: frozenset(Permission),
     Role.VIEWER: frozenset({Permission.LEADS_VIEW}),
+    Role.PARTNER: frozenset({Permission.RETURNS_START}),
 }
 
 MAX_NAME_LENGTH = 200
@@ -143,15 +148,26 @@ class ApiToken(Aggregate):
         token_hash: str
         name: str
         hint: str
+        # Set on a `partner` token: the partner it speaks for.
+        partner_id: UUID | None = None
 
     class Revoked(Aggregate.Event):
         pass
 
     @event(Issued)
     def __init__(
-        self, workspace_id: UUID, role: Role, token_hash: str, name: str, hint: str
+        self,
+        workspace_id: UUID,
+        role: Role,
+        token_hash: str,
+        name: str,
+        hint: str,
+        partner_id: UUID | None = None,
     ) -> None:
+        if (role is Role.PARTNER) != (partner_id is not None):
+            raise InvalidSetting("a partner token, and only one, names its partner")
         self.workspace_id = workspace_id
+        self.partner_id = partner_id
         self.role = role
         self.token_hash = token_hash
         self.name = name

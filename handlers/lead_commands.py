@@ -20,6 +20,7 @@ from uuid import UUID
 
 from domain.base import DomainEvent
 from domain.contacts import Contact, contact_keys
+from domain.lead_types import LeadType, ReferralMethod
 from domain.leads import InvalidTransition, Lead, LeadPatch, Note
 from domain.milestones import (
     DEFAULT_STATUSES,
@@ -281,6 +282,10 @@ async def refer(
         raise UnknownPartner(f"partner {partner_id} is not active")
 
     async def decide(lead: Lead) -> None:
+        if lead.lead_type_id is not None:
+            lead_type = await store.load(LeadType, lead.lead_type_id)
+            if lead_type is not None and lead_type.referral.method is ReferralMethod.NEVER:
+                raise InvalidTransition(f"leads of type {lead_type.name!r} are never referred")
         lead.refer(partner_id, actor, by_user)
 
     return await change_lead(store, workspace_id, lead_id, decide)
@@ -293,11 +298,15 @@ async def start_return(
     reason: str,
     actor: str,
     partner_id: UUID | None = None,
+    as_partner: bool = False,
 ) -> Done[None]:
     """A partner hands a referred lead back, with a reason (the lead's current partner when
-    `partner_id` is not given)."""
+    `partner_id` is not given). `as_partner`: the partner itself asks, and may not learn
+    of a lead that is not referred to it (LeadNotFound)."""
 
     async def decide(lead: Lead) -> None:
+        if as_partner and (partner_id is None or lead.referred_to != partner_id):
+            raise LeadNotFound(f"lead {lead_id} does not exist")
         partner = partner_id or lead.referred_to
         if partner is None:
             raise InvalidTransition("the lead is not referred to a partner")

@@ -33,6 +33,8 @@ class Principal:
     role: Role | None
     permissions: frozenset[Permission]
     token_id: UUID | None = None
+    # A partner token's partner: it acts for that partner only.
+    partner_id: UUID | None = None
 
     @property
     def is_operator(self) -> bool:
@@ -94,6 +96,7 @@ async def issue_token(
     role: Role,
     name: str = "api",
     generate: Callable[[], str] = new_secret,
+    partner_id: UUID | None = None,
 ) -> IssuedToken:
     """Issue a token; the secret is returned once and stored only as a hash."""
     if await store.load(Workspace, workspace_id) is None:
@@ -106,6 +109,7 @@ async def issue_token(
         token_hash=digest,
         name=clean_name(name, "token name"),
         hint=secret[: len(TOKEN_PREFIX) + 4],
+        partner_id=partner_id,
     )
     appended = await store.append(
         Append(
@@ -211,7 +215,13 @@ async def authenticate(
     token = await store.load(ApiToken, token_id)
     if token is None or token.revoked or not hmac.compare_digest(token.token_hash, digest):
         return None
-    return Principal(token.workspace_id, token.role, ROLE_PERMISSIONS[token.role], token.id)
+    return Principal(
+        token.workspace_id,
+        token.role,
+        ROLE_PERMISSIONS[token.role],
+        token.id,
+        getattr(token, "partner_id", None),
+    )
 
 
 @dataclass(frozen=True)

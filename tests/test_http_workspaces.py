@@ -69,10 +69,10 @@ async def test_token_secret_is_stored_only_as_hash(
 async def test_roles_map_to_permissions(client: httpx.AsyncClient) -> None:
     workspace_id = await create_workspace(client)
     expected = {
-        "super_admin": ["leads:manage", "leads:view"],
-        "admin": ["leads:manage", "leads:view"],
-        "manager": ["leads:manage", "leads:view"],
-        "marketer": ["leads:manage", "leads:view"],
+        "super_admin": ["leads:manage", "leads:view", "returns:start"],
+        "admin": ["leads:manage", "leads:view", "returns:start"],
+        "manager": ["leads:manage", "leads:view", "returns:start"],
+        "marketer": ["leads:manage", "leads:view", "returns:start"],
         "viewer": ["leads:view"],
     }
     for role, permissions in expected.items():

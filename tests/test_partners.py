@@ -97,3 +97,51 @@ async def test_referred_every_time_and_returns(
         f"{url}/refer", json={"partnerId": foreign["id"]}, headers=other["h"]
     )
     assert hidden.status_code == 404
+
+
+async def test_a_partner_returns_a_lead_with_its_own_token(
+    client: httpx.AsyncClient, ws: dict[str, Any], engine: Engine
+) -> None:
+    partner = await make_partner(client, ws, "Returner")
+    rival = await make_partner(client, ws, "Rival")
+    issued = await client.post(f"/v1/partners/{partner['id']}/tokens", headers=ws["h"])
+    assert issued.status_code == 201, issued.text
+    token = {"Authorization": f"Bearer {issued.json()['token']}"}
+    mine = await add(client, ws, name="Mine")
+    theirs = await add(client, ws, name="Theirs")
+    for lead, to in ((mine, partner), (theirs, rival)):
+        referred = await client.post(
+            f"/v1/leads/{lead['id']}/refer", json={"partnerId": to["id"]}, headers=ws["h"]
+        )
+        assert referred.status_code == 200, referred.text
+
+    # A lead referred elsewhere does not exist as far as this partner can tell.
+    other_lead = await client.post(
+        f"/v1/leads/{theirs['id']}/returns", json={"reason": "not ours"}, headers=token
+    )
+    assert other_lead.status_code == 404
+    # Naming another partner is refused; the token speaks for its own only.
+    spoofed = await client.post(
+        f"/v1/leads/{mine['id']}/returns",
+        json={"reason": "x", "partnerId": rival["id"]},
+        headers=token,
+    )
+    assert spoofed.status_code == 403
+    started = await client.post(
+        f"/v1/leads/{mine['id']}/returns", json={"reason": "wrong area"}, headers=token
+    )
+    assert started.status_code == 200, started.text
+    assert set(started.json()) == {"id", "returnStarted", "position"}
+    (event,) = of_type(await history(engine, mine["id"]), "lead.return_started")
+    assert str(event.partner_id) == partner["id"] and event.reason == "wrong area"
+    assert event.actor == f"token:{issued.json()['id']}"
+
+    # The partner token can do nothing else: read leads, change them, decide returns.
+    assert (await client.get("/v1/leads", headers=token)).status_code == 403
+    decided = await client.post(f"/v1/leads/{mine['id']}/returns/accept", json={}, headers=token)
+    assert decided.status_code == 403
+    # A plain token issue cannot mint a partner token (it must name the partner).
+    minted = await client.post(
+        f"/v1/workspaces/{ws['id']}/tokens", json={"role": "partner"}, headers=ws["h"]
+    )
+    assert minted.status_code == 422

@@ -276,13 +276,27 @@ async def refer(
     return done_json(done)
 
 
+Returner = Annotated[Principal, Depends(requires(Permission.RETURNS_START))]
+
+
 @router.post("/leads/{lead_id}/returns", tags=["partners"])
 async def start_return(
-    lead_id: UUID, body: ReturnBody, request: Request, caller: Manager
+    lead_id: UUID, body: ReturnBody, request: Request, caller: Returner
 ) -> dict[str, Any]:
-    """The partner the lead is referred to returns it, with a reason."""
+    """The partner the lead is referred to returns it, with a reason: with the partner's
+    own token (`POST /v1/partners/{id}/tokens`), or recorded by a manager on its behalf.
+    A partner token sees only leads referred to its partner (any other is a 404)."""
     ws = workspace_of(caller, request)
     store = engine_of(request).store
+    if caller.partner_id is not None:
+        if body.partner_id not in (None, caller.partner_id):
+            raise ApiError(403, "forbidden", "a partner token returns for its own partner only")
+        done = await run(
+            lambda: commands.start_return(
+                store, ws, lead_id, body.reason, actor_of(caller), caller.partner_id, True
+            )
+        )
+        return {"id": str(lead_id), "returnStarted": True, "position": done.position}
     done = await run(
         lambda: commands.start_return(
             store, ws, lead_id, body.reason, actor_of(caller), body.partner_id

@@ -10,14 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from domain.partners import Partner, PartnerDetails
-from domain.workspaces import Permission
+from domain.workspaces import Permission, Role
 from gateways.http.auth import engine_of, requires
 from gateways.http.errors import ApiError
 from gateways.http.leads import actor_of, workspace_of
 from gateways.http.payloads import validation_error
 from handlers import partners as commands
 from handlers.partners import PartnerNotFound
-from handlers.workspaces import Principal
+from handlers.workspaces import Principal, issue_token
 
 router = APIRouter(prefix="/v1/partners", tags=["partners"])
 
@@ -109,6 +109,34 @@ async def update_partner(
     except ValidationError as error:
         raise validation_error(error) from None
     return {**partner_json(partner), "position": position}
+
+
+class CreatePartnerToken(Body):
+    name: str = Field(default="partner", min_length=1, max_length=200)
+
+
+@router.post("/{partner_id}/tokens", status_code=201)
+async def create_partner_token(
+    partner_id: UUID, request: Request, caller: Manager, body: CreatePartnerToken | None = None
+) -> dict[str, Any]:
+    """The partner's own credential (shown once): with it the partner starts returns of the
+    leads referred to it, and nothing else."""
+    ws = workspace_of(caller, request)
+    store = engine_of(request).store
+    try:
+        await commands.get_partner(store, ws, partner_id)
+    except PartnerNotFound as error:
+        raise ApiError(404, "not_found", str(error)) from None
+    issued = await issue_token(
+        store, ws, Role.PARTNER, (body or CreatePartnerToken()).name, partner_id=partner_id
+    )
+    return {
+        "id": str(issued.id),
+        "token": issued.token,
+        "partnerId": str(partner_id),
+        "role": issued.role,
+        "position": issued.position,
+    }
 
 
 @router.delete("/{partner_id}")

@@ -93,6 +93,12 @@ async def create_token(
     workspace_id: UUID, body: CreateToken, request: Request, caller: Caller
 ) -> dict[str, object]:
     scoped = scoped_workspace(caller, workspace_id)
+    if body.role is Role.PARTNER:
+        raise ApiError(
+            422,
+            "validation_failed",
+            "a partner token names its partner: issue it with POST /v1/partners/{id}/tokens",
+        )
     if body.role not in _MAY_ISSUE.get(caller.role, set()):
         raise ApiError(403, "forbidden", f"this token may not issue {body.role} tokens")
     issued = await commands.issue_token(engine_of(request).store, scoped, body.role, body.name)
