@@ -51,7 +51,7 @@ async def test_operator_creates_workspace_and_token(client: httpx.AsyncClient) -
         "workspaceId": body["id"],
         "role": "manager",
         "operator": False,
-        "permissions": ["leads:manage", "leads:view"],
+        "permissions": ["leads:manage", "leads:view", "returns:start"],
     }
 
 
