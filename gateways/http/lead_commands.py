@@ -100,6 +100,7 @@ def worked_lead_json(lead: Lead) -> dict[str, Any]:
     return {
         **lead_json(lead),
         "assignedTo": lead.assigned_to,
+        "leadTypeId": str(lead.lead_type_id) if lead.lead_type_id else None,
         "deleted": lead.deleted,
         "milestones": [str(m) for m in lead.milestones],
         "notes": [note_json(n) for n in lead.notes],
