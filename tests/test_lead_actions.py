@@ -10,11 +10,13 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+import orjson
 
 from domain.deliveries import Delivery
 from domain.leads import Lead
 from gateways.action_runner import ActionWorkers
 from gateways.bootstrap import Engine
+from gateways.nats_relay import event_payload
 from handlers.actions import MAX_DEPTH, ActionRunner
 from tests.conftest import make_user
 
@@ -430,3 +432,15 @@ async def test_changing_a_leads_type_over_http(
     assert [d.event_code for d in await eventually(lambda: deliveries_of(engine, lead["id"]))] == [
         "updatedall"
     ]
+
+
+async def test_the_relay_never_publishes_a_signing_secret(
+    client: httpx.AsyncClient, ws: dict[str, Any], engine: Engine
+) -> None:
+    created = await lead_type(client, ws, [hook("received")])
+    secret = next(iter(created["secrets"].values()))
+    records = await engine.log.read(0, 1000, event_types=["lead_type.secret_issued"])
+    assert records and secret.encode() in records[0].state
+    payload = orjson.loads(event_payload(records[0]))
+    assert payload["data"]["secret"] == "[redacted]"
+    assert payload["data"]["action_id"] == created["actions"][0]["id"]
