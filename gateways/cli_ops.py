@@ -20,11 +20,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from gateways.audit import WAIT, AuditReport, ProjectionAudit, verify
 from gateways.bootstrap import PROJECTIONS, Engine
 from gateways.cli import JsonFlag, _emit, _with_engine, err, fail, out
 from gateways.http.history import Cut, HistoryError, lead_history, parse_time, resolve_lead
 from gateways.projector import ProjectionFailed
-from gateways.rebuild import RebuildError, RebuildResult, find, rebuild
+from gateways.rebuild import SHOWN_KEYS, RebuildError, RebuildResult, find, rebuild
 from projections.base import Projection
 
 
@@ -233,9 +234,150 @@ def replay_command(
         out.print(as_of)
 
 
+def _show(value: Any) -> str:
+    return "∅" if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _audit_summary(report: AuditReport) -> Table:
+    table = Table("projection", "position", "events replayed", "rows compared", "differences")
+    table.add_column("note", overflow="fold")
+    for audit in report.projections:
+        if not audit.compared:
+            verdict = Text("not compared", style="yellow")
+        else:
+            verdict = Text(str(audit.differences), style="red" if audit.differences else "green")
+        table.add_row(
+            audit.name,
+            str(audit.position) if audit.compared else "-",
+            str(audit.events),
+            str(audit.rows) if audit.compared else "-",
+            verdict,
+            audit.note or "",
+        )
+    return table
+
+
+def _audit_details(audit: ProjectionAudit) -> list[Table]:
+    """Per table: rows on each side and how many differ, then the first differing rows."""
+    tables = Table(
+        "table",
+        "live rows",
+        "replayed rows",
+        "missing",
+        "extra",
+        "changed",
+        title=f"{audit.name} at position {audit.position}",
+    )
+    rows = Table("table", "key", "difference", title=f"{audit.name}: first differing rows")
+    for column in rows.columns:
+        column.overflow = "fold"
+    for diff in audit.tables:
+        tables.add_row(
+            f"{diff.logical} ({diff.live_table} vs {diff.rebuilt_table})",
+            str(diff.live_rows),
+            str(diff.rebuilt_rows),
+            *(
+                Text(str(n), style="red" if n else "green")
+                for n in (diff.missing, diff.extra, diff.changed)
+            ),
+        )
+        for example in diff.examples:
+            if example.kind == "changed":
+                live, replayed = example.live or {}, example.rebuilt or {}
+                what = "\n".join(
+                    f"{c}: {_show(live.get(c))} (live) → {_show(replayed.get(c))} (log)"
+                    for c in example.columns
+                )
+            elif example.kind == "missing":
+                what = "missing from the live view"
+            else:
+                what = "only in the live view (the log does not yield it)"
+            rows.add_row(diff.logical, example.key, what)
+    return [tables, rows] if rows.rows else [tables]
+
+
+def audit_verify_command(
+    projection: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--projection",
+            "-p",
+            metavar="NAME",
+            help="audit only this projection (repeatable); all by default",
+        ),
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0, help="seconds to wait, in all, for the live views to reach the log head"
+        ),
+    ] = WAIT,
+    examples: Annotated[
+        int, typer.Option(min=0, help="differing rows to describe per table")
+    ] = SHOWN_KEYS,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare every view, row by row, with a replay of the whole log; list any difference.
+
+    The replay goes into scratch copies (temporary tables): nothing live is changed, and it
+    is safe while the engine runs. Each view is compared at its own live checkpoint, in one
+    database snapshot. Exit code 0 when every view matches the log, 1 when any differs or
+    could not be compared.
+    """
+    try:
+        chosen: list[Projection] = (
+            [find(PROJECTIONS, name) for name in dict.fromkeys(projection)]
+            if projection
+            else list(PROJECTIONS)
+        )
+    except RebuildError as error:
+        raise fail(str(error)) from None
+
+    async def work(engine: Engine) -> AuditReport:
+        with _progress(not as_json) as bar:
+            tasks: dict[str, Any] = {}
+
+            def advance(name: str, position: int, target: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=None)
+                bar.update(tasks[name], completed=position, total=max(target, 1))
+
+            return await verify(
+                engine.projector, chosen, wait=wait, shown=examples, on_progress=advance
+            )
+
+    try:
+        report = _with_engine(work)
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing live was changed and the scratch copies are gone")
+        raise typer.Exit(130) from None
+    if as_json:
+        _emit(report.json(), True, "")
+    else:
+        out.print(f"log head at the start: position {report.head}")
+        out.print(_audit_summary(report))
+        for audit in report.projections:
+            if audit.differences:
+                for table in _audit_details(audit):
+                    out.print(table)
+        if report.clean:
+            out.print("[green]every view matches the log[/]")
+        elif report.differences:
+            out.print(
+                f"[red]{report.differences} differing row(s) between the views and the log[/]"
+            )
+        else:
+            out.print("[yellow]not every view could be compared (see the notes)[/]")
+    if not report.clean:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("rebuild")(rebuild_command)
     app.command("replay")(replay_command)
+    audit_app = typer.Typer(help="Check the views against the log.", no_args_is_help=True)
+    audit_app.command("verify")(audit_verify_command)
+    app.add_typer(audit_app, name="audit")
 
 
 if __name__ == "__main__":  # `python -m gateways.cli_ops …`, e.g. before the wiring exists

@@ -31,17 +31,19 @@ advisory lock, released when the process dies).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from gateways.log_store import Record
 from gateways.projector import (
     ConnectionDb,
     Projector,
@@ -67,6 +69,35 @@ class RebuildError(Exception):
     """A rebuild that cannot start or finish (the message says why and what to do)."""
 
 
+DiffKind = Literal["missing", "extra", "changed"]
+"""How a row differs: only in the copy rebuilt from the log (`missing` from the live one), only
+in the live copy (`extra`), or in both with other values (`changed`)."""
+
+
+@dataclass(frozen=True)
+class RowDiff:
+    """One differing row, as an example: its key, how it differs, and the values each side has."""
+
+    key: str
+    """The primary key as a JSON array (the whole row for a table without one)."""
+    kind: DiffKind
+    columns: list[str] = field(default_factory=list)
+    """The columns whose values differ (a `changed` row only), in table order."""
+    live: dict[str, Any] | None = None
+    """The live side: the whole row when `extra`, the differing columns when `changed`."""
+    rebuilt: dict[str, Any] | None = None
+    """The rebuilt side: the whole row when `missing`, the differing columns when `changed`."""
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "columns": self.columns,
+            "live": self.live,
+            "rebuilt": self.rebuilt,
+        }
+
+
 @dataclass(frozen=True)
 class TableDiff:
     """One logical table, live vs rebuilt, compared at the same log position."""
@@ -80,6 +111,19 @@ class TableDiff:
     """Rows whose key is in one table only, or whose values differ."""
     first_keys: list[str] = field(default_factory=list)
     """The first differing primary keys (JSON arrays), in key order."""
+    missing: int = 0
+    """Rows only in the rebuilt copy: the live one lacks them."""
+    extra: int = 0
+    """Rows only in the live copy: the log does not yield them."""
+    changed: int = 0
+    """Rows in both with other values."""
+    examples: list[RowDiff] = field(default_factory=list)
+    """The first differing rows (those of `first_keys`), with what differs."""
+
+    @property
+    def rows(self) -> int:
+        """Rows compared: every key found in either copy."""
+        return self.live_rows + self.missing
 
     def json(self) -> dict[str, Any]:
         return {
@@ -90,6 +134,10 @@ class TableDiff:
             "rebuiltRows": self.rebuilt_rows,
             "differing": self.differing,
             "firstKeys": self.first_keys,
+            "missing": self.missing,
+            "extra": self.extra,
+            "changed": self.changed,
+            "examples": [e.json() for e in self.examples],
         }
 
 
@@ -241,29 +289,58 @@ async def _discard_build(
         await conn.execute("DELETE FROM consumer_errors WHERE consumer = $1", consumer)
 
 
-async def _apply_range(
+async def apply_range(
     projector: Projector,
     conn: PoolConnectionProxy,
     projection: Projection,
     tables: Tables,
     after: int,
     upto: int,
-) -> None:
-    """Apply the events in (after, upto] to `tables` on `conn` (inside its transaction)."""
+    *,
+    transaction_per_batch: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Apply the events in (after, upto] to `tables` on `conn`; returns how many it applied.
+
+    By default inside the caller's transaction; with `transaction_per_batch`, each batch in
+    a transaction of its own (a long replay into tables nobody else writes). The next batch
+    is read while one is applied. `on_progress` is called with each position reached.
+    """
     types = projection.event_types
     if types is not None and not types:
-        return
+        return 0
     wanted = sorted(types) if types is not None else None
     db = ConnectionDb(conn)
-    while after < upto:
-        records = await projector.log.read(
-            after, projector.batch_size, stop=upto, event_types=wanted
-        )
-        if not records:
-            return
-        events = [projector.store.logged(r) for r in records]
-        await projection.apply(db, tables, events)
-        after = records[-1].position
+    size = projector.batch_size
+
+    def fetch(start: int) -> asyncio.Task[list[Record]]:
+        return asyncio.create_task(projector.log.read(start, size, stop=upto, event_types=wanted))
+
+    applied = 0
+    pending = fetch(after) if after < upto else None
+    try:
+        while pending is not None:
+            records = await pending
+            pending = None
+            if not records:
+                break
+            after = records[-1].position
+            if len(records) >= size and after < upto:
+                pending = fetch(after)
+            events = [projector.store.logged(r) for r in records]
+            if transaction_per_batch:
+                async with conn.transaction():
+                    await projection.apply(db, tables, events)
+            else:
+                await projection.apply(db, tables, events)
+            applied += len(events)
+            if on_progress is not None:
+                on_progress(after)
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+    return applied
 
 
 async def _set_checkpoint(conn: PoolConnectionProxy, consumer: str, position: int) -> None:
@@ -320,15 +397,16 @@ async def _swap(
             else:
                 # Bring both copies to the same position, as their runners would.
                 if built < live_at:
-                    await _apply_range(projector, conn, projection, new, built, live_at)
+                    await apply_range(projector, conn, projection, new, built, live_at)
                     built = live_at
                 elif live_at < built:
-                    await _apply_range(projector, conn, projection, old, live_at, built)
+                    await apply_range(projector, conn, projection, old, live_at, built)
                     live_at = built
                 result.verified = [
-                    await _compare(conn, logical, old[logical], new[logical]) for logical in new
+                    await compare_tables(conn, logical, old[logical], new[logical])
+                    for logical in new
                 ]
-        await _apply_range(projector, conn, projection, new, built, head)
+        await apply_range(projector, conn, projection, new, built, head)
         await _set_checkpoint(conn, live, head)
         await conn.execute(
             """
@@ -379,44 +457,110 @@ async def _primary_key(conn: PoolConnectionProxy, table: str) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-async def _compare(conn: PoolConnectionProxy, logical: str, live: str, rebuilt: str) -> TableDiff:
-    """Every row of `live` vs `rebuilt`, by primary key (or as whole rows without one)."""
+async def _columns(conn: PoolConnectionProxy, table: str) -> list[str]:
+    rows = await conn.fetch(
+        """
+        SELECT attname FROM pg_attribute
+         WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped
+         ORDER BY attnum
+        """,
+        table,
+    )
+    return [str(r[0]) for r in rows]
+
+
+def _row(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    row: dict[str, Any] = json.loads(text)
+    return row
+
+
+def _example(
+    key: str, live: dict[str, Any] | None, rebuilt: dict[str, Any] | None, order: list[str]
+) -> RowDiff:
+    if live is None:
+        return RowDiff(key=key, kind="missing", rebuilt=rebuilt)
+    if rebuilt is None:
+        return RowDiff(key=key, kind="extra", live=live)
+    names = order + sorted((live.keys() | rebuilt.keys()) - set(order))
+    columns = [c for c in names if live.get(c) != rebuilt.get(c)]
+    return RowDiff(
+        key=key,
+        kind="changed",
+        columns=columns,
+        live={c: live.get(c) for c in columns},
+        rebuilt={c: rebuilt.get(c) for c in columns},
+    )
+
+
+async def compare_tables(
+    conn: PoolConnectionProxy, logical: str, live: str, rebuilt: str, *, shown: int = SHOWN_KEYS
+) -> TableDiff:
+    """Every row of `live` vs `rebuilt`, by primary key (or as whole rows without one).
+
+    Counts the rows missing from the live copy, extra in it and changed, and describes the
+    first `shown` differing ones (in key order). Both are read in the caller's snapshot.
+    """
     live_rows = int(await conn.fetchval(f"SELECT count(*) FROM {live}"))
     rebuilt_rows = int(await conn.fetchval(f"SELECT count(*) FROM {rebuilt}"))
     key = await _primary_key(conn, rebuilt)
+    limit = max(shown, 1)  # the first row carries the counts
     if key:
         columns = ", ".join(f'"{c}"' for c in key)
         rows = await conn.fetch(
             f"""
-            SELECT jsonb_build_array({columns})::text AS key, count(*) OVER () AS total
+            SELECT jsonb_build_array({columns})::text AS key,
+                   a.r::text AS live, b.r::text AS rebuilt,
+                   count(*) OVER () AS total,
+                   count(*) FILTER (WHERE a.r IS NULL) OVER () AS missing,
+                   count(*) FILTER (WHERE b.r IS NULL) OVER () AS extra
               FROM (SELECT {columns}, to_jsonb(x) AS r FROM {live} x) a
               FULL JOIN (SELECT {columns}, to_jsonb(y) AS r FROM {rebuilt} y) b USING ({columns})
              WHERE a.r IS DISTINCT FROM b.r
              ORDER BY {columns}
-             LIMIT {SHOWN_KEYS}
+             LIMIT {limit}
             """
         )
     else:
         rows = await conn.fetch(
             f"""
-            SELECT d.r::text AS key, count(*) OVER () AS total
-              FROM ((SELECT to_jsonb(x) AS r FROM {live} x
-                     EXCEPT ALL SELECT to_jsonb(y) FROM {rebuilt} y)
+            SELECT d.r::text AS key,
+                   CASE WHEN d.extra THEN d.r::text END AS live,
+                   CASE WHEN NOT d.extra THEN d.r::text END AS rebuilt,
+                   count(*) OVER () AS total,
+                   count(*) FILTER (WHERE NOT d.extra) OVER () AS missing,
+                   count(*) FILTER (WHERE d.extra) OVER () AS extra
+              FROM (SELECT e.r, true AS extra
+                      FROM (SELECT to_jsonb(x) AS r FROM {live} x
+                            EXCEPT ALL SELECT to_jsonb(y) FROM {rebuilt} y) e
                     UNION ALL
-                    (SELECT to_jsonb(y) AS r FROM {rebuilt} y
-                     EXCEPT ALL SELECT to_jsonb(x) FROM {live} x)) d
+                    SELECT m.r, false
+                      FROM (SELECT to_jsonb(y) AS r FROM {rebuilt} y
+                            EXCEPT ALL SELECT to_jsonb(x) FROM {live} x) m) d
              ORDER BY 1
-             LIMIT {SHOWN_KEYS}
+             LIMIT {limit}
             """
         )
+    total = int(rows[0]["total"]) if rows else 0
+    missing = int(rows[0]["missing"]) if rows else 0
+    extra = int(rows[0]["extra"]) if rows else 0
+    rows = rows[:shown]
+    order = await _columns(conn, rebuilt) if rows else []
     return TableDiff(
         logical=logical,
         live_table=live,
         rebuilt_table=rebuilt,
         live_rows=live_rows,
         rebuilt_rows=rebuilt_rows,
-        differing=int(rows[0]["total"]) if rows else 0,
+        differing=total,
         first_keys=[str(r["key"]) for r in rows],
+        missing=missing,
+        extra=extra,
+        changed=total - missing - extra,
+        examples=[
+            _example(str(r["key"]), _row(r["live"]), _row(r["rebuilt"]), order) for r in rows
+        ],
     )
 
 

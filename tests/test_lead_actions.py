@@ -419,7 +419,8 @@ async def test_changing_a_leads_type_over_http(
     first = await lead_type(client, ws, [])
     second = await lead_type(client, ws, [hook("updated")])
     lead = await add(client, ws, name="Ty")
-    assert (await engine.store.load(Lead, UUID(lead["id"]))).lead_type_id == UUID(first["id"])
+    loaded = await engine.store.load(Lead, UUID(lead["id"]))
+    assert loaded is not None and loaded.lead_type_id == UUID(first["id"])
     moved = await client.patch(
         f"/v1/leads/{lead['id']}/lead-type", json={"leadTypeId": second["id"]}, headers=ws["h"]
     )
