@@ -207,8 +207,22 @@ class ActionRunner:
     async def decide(self, logged: LoggedEvent) -> Append | None:
         """The writes the event's triggers lead to, or None when there are none."""
         event = logged.event
-        if isinstance(event, Lead.Received) and event.lead_type_id is None:
-            return None  # the common case with no lead types: no load at all
+        # Both receipt variants: whether the lead is referred on receipt is decided later.
+        triggers = list(
+            dict.fromkeys(
+                triggers_of(event, referred_on_receipt=False)
+                + triggers_of(event, referred_on_receipt=True)
+            )
+        )
+        if not triggers:
+            return None
+        if isinstance(event, Lead.Received):
+            # Known from the event: a type with nothing to do costs no load of the lead.
+            if event.lead_type_id is None:
+                return None
+            known = await self.lead_types.get(event.lead_type_id)
+            if known is None or not _has_work(known, triggers, receipt=True):
+                return None
         lead = await self.store.load(Lead, event.originator_id)
         if lead is None or lead.deleted:
             return None
@@ -219,16 +233,10 @@ class ActionRunner:
         if lead_type_id is None:
             return None
         lead_type = await self.lead_types.get(lead_type_id)
-        if lead_type is None or lead_type.deleted:
+        receipt = isinstance(event, Lead.Received)
+        if lead_type is None or not _has_work(lead_type, triggers, receipt=receipt):
             return None
-        immediate = (
-            isinstance(event, Lead.Received)
-            and lead_type.referral.method is ReferralMethod.IMMEDIATELY
-            and lead_type.referral.partner_id is not None
-        )
-        triggers = triggers_of(event, referred_on_receipt=False)
-        if not triggers or not (immediate or any(ordered(lead_type.actions, t) for t in triggers)):
-            return None
+        immediate = receipt and _refers_on_receipt(lead_type)
         depth = await self._depth_of(event)
         ctx = Context(lead, lead_type, event, logged.position, depth)
         await self._load_references(ctx, triggers, immediate)
@@ -314,6 +322,22 @@ class ActionRunner:
             partner = await self.store.load(Partner, partner_id)
             if partner is not None and partner.workspace_id == workspace_id:
                 ctx.partners[partner_id] = partner
+
+
+def _refers_on_receipt(lead_type: LeadType) -> bool:
+    return (
+        lead_type.referral.method is ReferralMethod.IMMEDIATELY
+        and lead_type.referral.partner_id is not None
+    )
+
+
+def _has_work(lead_type: LeadType, triggers: list[Trigger], *, receipt: bool) -> bool:
+    """Whether the type does anything for these triggers (a receipt may refer the lead)."""
+    if lead_type.deleted:
+        return False
+    if receipt and _refers_on_receipt(lead_type):
+        return True
+    return any(ordered(lead_type.actions, t) for t in triggers)
 
 
 class Decision:
