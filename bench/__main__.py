@@ -10,6 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import uvloop
+
+from bench.deliveries import bench_deliveries
 from bench.ingest import bench_ingest
 from bench.nats_bulk import bench_nats_bulk
 from bench.projections import run_projection_benchmarks
@@ -38,6 +41,8 @@ def main() -> int:
         asyncio.run(bench_ingest(report, database_url, nats_url, library_rate))
         asyncio.run(bench_nats_bulk(report, database_url, nats_url))
         asyncio.run(run_projection_benchmarks(report, database_url))
+        # on uvloop, as `leadlog up` and `leadlog serve` run the engine
+        uvloop.run(bench_deliveries(report, database_url, nats_url))
     report.print()
     return 0
 

@@ -98,6 +98,9 @@ class Delivery(Aggregate):
         next_attempt_at: datetime | None
         kind: DeliveryKind = DeliveryKind.WEBHOOK
         lead_id: UUID | None = None
+        # Copied from `Scheduled` so the lead's timeline can say where it went and why.
+        target: str | None = None
+        event_code: str | None = None
 
         @property
         def timeline_category(self) -> str:
@@ -107,6 +110,8 @@ class Delivery(Aggregate):
         actor: str
         kind: DeliveryKind = DeliveryKind.WEBHOOK
         lead_id: UUID | None = None
+        target: str | None = None
+        event_code: str | None = None
 
         @property
         def timeline_category(self) -> str:
@@ -154,6 +159,12 @@ class Delivery(Aggregate):
         """The `webhook-id`: the same for every attempt of this delivery."""
         return f"msg_{self.id.hex}"
 
+    def due(self, now: datetime) -> bool:
+        """Whether an attempt should be made now: still pending and not waiting out a backoff."""
+        if self.state is not DeliveryState.PENDING:
+            return False
+        return self.next_attempt_at is None or self.next_attempt_at <= now
+
     def record_attempt(
         self,
         status_code: int | None,
@@ -190,6 +201,8 @@ class Delivery(Aggregate):
             next_attempt_at=next_at,
             kind=self.kind,
             lead_id=self.lead_id,
+            target=self.target,
+            event_code=self.event_code,
         )
         return outcome
 
@@ -204,6 +217,8 @@ class Delivery(Aggregate):
         next_attempt_at: datetime | None,
         kind: DeliveryKind,
         lead_id: UUID | None,
+        target: str | None,
+        event_code: str | None,
     ) -> None:
         self.attempts += 1
         self.round_attempts = attempt
@@ -221,10 +236,23 @@ class Delivery(Aggregate):
         """Send it again (same `webhook-id`), with a fresh round of attempts."""
         if self.state is DeliveryState.PENDING:
             raise InvalidRedelivery("the delivery is still being tried")
-        self._redelivery_requested(actor=actor, kind=self.kind, lead_id=self.lead_id)
+        self._redelivery_requested(
+            actor=actor,
+            kind=self.kind,
+            lead_id=self.lead_id,
+            target=self.target,
+            event_code=self.event_code,
+        )
 
     @event(RedeliveryRequested)
-    def _redelivery_requested(self, actor: str, kind: DeliveryKind, lead_id: UUID | None) -> None:
+    def _redelivery_requested(
+        self,
+        actor: str,
+        kind: DeliveryKind,
+        lead_id: UUID | None,
+        target: str | None,
+        event_code: str | None,
+    ) -> None:
         self.state = DeliveryState.PENDING
         self.round_attempts = 0
         self.next_attempt_at = None

@@ -20,6 +20,7 @@ from gateways.settings import Settings
 from handlers.intake import LeadIntake
 from handlers.workspaces import Authenticator
 from projections.base import Projection
+from projections.deliveries import DeliveriesView
 from projections.lead_timers import LeadTimers
 from projections.leads import LeadList
 from projections.pending_leads import PendingLeads
@@ -39,6 +40,7 @@ PROJECTIONS: tuple[Projection, ...] = (
     SubmissionsView(),
     LeadTimers(),
     WebhookStats(),
+    DeliveriesView(),
 )
 
 

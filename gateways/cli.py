@@ -325,12 +325,14 @@ def status(as_json: JsonFlag = False) -> None:
 
 def _register_subcommands() -> None:
     # Imported here: these modules import helpers from this one.
+    from gateways.cli_deliveries import deliveries_app  # noqa: PLC0415
     from gateways.cli_import import import_command  # noqa: PLC0415
     from gateways.cli_intake import intake_app  # noqa: PLC0415
     from gateways.cli_ops import register as register_ops  # noqa: PLC0415
 
     app.command("import")(import_command)
     app.add_typer(intake_app, name="intake")
+    app.add_typer(deliveries_app, name="deliveries")
     register_ops(app)
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics: intake by channel, append latency, consumer lag, the NATS backlog."""
+"""Prometheus metrics: intake by channel, append latency, consumer lag, NATS backlog, deliveries."""
 
 from __future__ import annotations
 
@@ -53,6 +53,19 @@ class Metrics:
         )
         self.intake_pending = Gauge(
             "leadlog_nats_intake_pending", "NATS intake messages not yet processed", registry=r
+        )
+        self.deliveries = Counter(
+            "leadlog_deliveries",
+            "Delivery attempts (webhooks, emails) by what they came to",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "leadlog_delivery_attempt_seconds",
+            "Time one delivery attempt took (send and answer)",
+            ["kind"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
         )
 
     def observe_batch(self, seconds: float, commands: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,3 +27,18 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # How often the durable timers (lead abandonment) look for what has come due, in seconds.
     timer_interval: float = Field(default=5.0, gt=0)
+    # Outbound deliveries (gateways/deliveries.py). Webhooks to loopback, private,
+    # link-local or reserved addresses are refused unless this is set (tests, private nets).
+    allow_private_webhook_targets: bool = False
+    # Retry backoff: base·2^(attempt-1) seconds with full jitter, capped; or Retry-After.
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_cap_seconds: float = Field(default=3600.0, gt=0)
+    # Attempts (webhooks and emails) in flight at once per process.
+    delivery_concurrency: int = Field(default=128, ge=1, le=4096)
+    # Email actions: with no host, an email delivery fails with that reason.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "leadlog@localhost"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False

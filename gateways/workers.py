@@ -6,6 +6,7 @@ from typing import Protocol
 
 from gateways.action_runner import ActionWorkers
 from gateways.bootstrap import Engine
+from gateways.deliveries import delivery_worker
 from gateways.nats_intake import NatsIntake
 from gateways.nats_relay import NatsRelay
 from gateways.reactor import Reactor
@@ -31,6 +32,7 @@ def build_workers(engine: Engine) -> list[Worker]:
         Reactor(engine.log, engine.store, release),
         ActionWorkers(engine.log, engine.store, ActionRunner(engine.store)),
         AbandonmentTimers(engine.projector, engine.store, interval=engine.settings.timer_interval),
+        delivery_worker(engine),
         NatsIntake(engine),
         NatsRelay(engine),
     ]

@@ -1,7 +1,7 @@
 """A lead's timeline: every event on a lead as one human-readable entry, newest first.
 
-One row per event on a lead (`lead.*`, and `submission.created` under the submission's
-lead): who or which channel did it, when, a sentence saying what happened, the old → new
+One row per event on a lead (`lead.*`, and `submission.created` and `delivery.*` under
+their `lead_id`): who or which channel did it, when, a sentence saying what happened, the old → new
 values, and a category (`lead`, or `action` / `webhook`, which readers hide by default).
 
 Which events: every event class declared on the `Lead` aggregate (found by looking at the
@@ -31,6 +31,7 @@ from typing import Any
 from uuid import UUID
 
 from domain.base import DomainEvent, snake
+from domain.deliveries import Delivery, DeliveryKind, Outcome
 from domain.leads import Lead, Source
 from domain.submissions import Submission
 from handlers.ports import LoggedEvent
@@ -43,6 +44,7 @@ CATEGORIES = (LEAD, ACTION, WEBHOOK)
 HIDDEN_BY_DEFAULT = frozenset({ACTION, WEBHOOK})
 
 SUBMISSION_CREATED = "submission.created"
+DELIVERY_EVENTS = (Delivery.Scheduled, Delivery.Attempted, Delivery.RedeliveryRequested)
 # What an event carries about itself rather than about the lead: never listed as a change.
 _ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(stage|pipeline):([^{}]*)\}")
@@ -82,8 +84,9 @@ def event_types_of(aggregate: type) -> frozenset[str]:
 
 def category_of(event_type: str, event: object | None = None) -> str:
     """`action` for `lead.action_*`, `webhook` for `lead.webhook_*`, else `lead`; an event
-    class may say otherwise with a `timeline_category: ClassVar[str]` attribute."""
-    explicit = getattr(type(event), "timeline_category", None) if event is not None else None
+    may say otherwise with a `timeline_category` attribute (a ClassVar, or a property when
+    it depends on the event, as a delivery's does on its kind)."""
+    explicit = getattr(event, "timeline_category", None) if event is not None else None
     if explicit in CATEGORIES:
         return str(explicit)
     _, _, name = event_type.partition(".")
@@ -95,9 +98,12 @@ def category_of(event_type: str, event: object | None = None) -> str:
 
 
 def lead_of(logged: LoggedEvent) -> UUID | None:
-    """The lead an event belongs to: its aggregate for `lead.*`, `lead_id` for a submission."""
+    """The lead an event belongs to: its aggregate for `lead.*`, `lead_id` for a submission
+    or a delivery."""
     event = logged.event
     if isinstance(event, Submission.Created):
+        return event.lead_id
+    if isinstance(event, DELIVERY_EVENTS):
         return event.lead_id
     if logged.event_type.startswith("lead."):
         return event.originator_id
@@ -302,7 +308,67 @@ def describe(
                 change("status", None, event.status),
             ],
         )
+    if isinstance(event, DELIVERY_EVENTS):
+        return _delivery(logged.event_type, event)
     return _generic(logged)
+
+
+def _delivery_label(kind: DeliveryKind, event_code: str | None, target: str | None) -> str:
+    """`Webhook deliveryndupe to https://…` / `Email status to ann@example.com`."""
+    label = "Webhook" if kind is DeliveryKind.WEBHOOK else "Email"
+    if event_code:
+        label += f" {event_code}"
+    return literal(f"{label} to {target}" if target else label)
+
+
+def _delivery(
+    event_type: str,
+    event: Delivery.Scheduled | Delivery.Attempted | Delivery.RedeliveryRequested,
+) -> Entry:
+    category = category_of(event_type, event)
+    delivery = change("deliveryId", None, event.originator_id)
+    if isinstance(event, Delivery.Scheduled):
+        return Entry(
+            actor="system:actions",
+            summary=f"{_delivery_label(event.kind, event.event_code, event.target)} scheduled",
+            changes=[delivery, change("target", None, event.target)],
+            category=category,
+        )
+    label = _delivery_label(event.kind, event.event_code, event.target)
+    if isinstance(event, Delivery.RedeliveryRequested):
+        return Entry(
+            actor=event.actor,
+            summary=f"{label}: redelivery requested",
+            changes=[delivery],
+            category=category,
+        )
+    got = str(event.status_code) if event.status_code is not None else (event.error or "no answer")
+    took = f"{event.latency_ms:.0f} ms"
+    follow = {
+        Outcome.SUCCEEDED: "delivered",
+        Outcome.FAILED: "failed",
+        Outcome.DISABLED: "gone: the action is disabled",
+        Outcome.RETRYING: (
+            f"retrying at {event.next_attempt_at.isoformat()}"
+            if event.next_attempt_at is not None
+            else "retrying"
+        ),
+    }[event.outcome]
+    changes = [
+        delivery,
+        change("attempt", None, event.attempt),
+        change("outcome", None, event.outcome),
+    ]
+    if event.status_code is not None:
+        changes.append(change("statusCode", None, event.status_code))
+    if event.error:
+        changes.append(change("error", None, event.error))
+    return Entry(
+        actor="system:deliveries",
+        summary=f"{label} — attempt {event.attempt}: {literal(got)} in {took}, {follow}",
+        changes=changes,
+        category=category,
+    )
 
 
 # ---- rendering at read time ---------------------------------------------------------------
@@ -393,7 +459,7 @@ class LeadTimeline(Projection):
     name = "timeline"
     version = 1
     table_names = ("timeline_entries", "timeline_leads")
-    event_types = event_types_of(Lead) | {SUBMISSION_CREATED}
+    event_types = event_types_of(Lead) | {SUBMISSION_CREATED} | event_types_of(Delivery)
 
     def create_sql(self, tables: Tables) -> str:
         entries = tables["timeline_entries"]

@@ -225,3 +225,8 @@ async def make_user(
     assert created.status_code == 201, created.text
     body: dict[str, Any] = created.json()
     return body
+
+
+# Test receivers listen on 127.0.0.1, which the webhook sender refuses unless this is set;
+# the test proving the refusal builds Settings with it off.
+os.environ.setdefault("LEADLOG_ALLOW_PRIVATE_WEBHOOK_TARGETS", "1")

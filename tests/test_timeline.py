@@ -208,7 +208,7 @@ def test_event_types_are_found_on_the_aggregates() -> None:
         "lead.invitation_requested",
         "submission.created",
     } <= types
-    assert all(t.startswith(("lead.", "submission.")) for t in types)
+    assert all(t.startswith(("lead.", "submission.", "delivery.")) for t in types)
     assert "submission.created" in (SubmissionsView.event_types or frozenset())
     assert event_types_of(Probe.Lead) >= {"lead.action_executed", "lead.webhook_delivered"}
 

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateways.bootstrap import Engine, check_nats, check_postgres
 from gateways.http import (
+    deliveries,
     forms,
     history,
     imports,
@@ -41,6 +42,7 @@ def create_app(engine: Engine) -> FastAPI:
     app.include_router(lead_commands.router)
     app.include_router(partners.router)
     app.include_router(lead_types.router)
+    app.include_router(deliveries.router)
     app.include_router(users.router)
     app.include_router(pipelines.router)
     app.include_router(timeline.router)
