@@ -7,31 +7,16 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
-import pytest
 from standardwebhooks import Webhook
 
 from gateways.audit import verify
 from gateways.bootstrap import PROJECTIONS, Engine
-from gateways.settings import Settings
-from tests.conftest import ADMIN_TOKEN, make_user
-from tests.test_deliveries import Receiver, Reply, eventually
+from tests.conftest import make_user
+
+# The deliveries tests' settings: private targets allowed (the receiver is on 127.0.0.1)
+# and a short retry backoff.
+from tests.test_deliveries import BASE, Receiver, Reply, eventually, settings  # noqa: F401
 from tests.test_lead_actions import by_webhook
-
-BASE = 0.1
-
-
-@pytest.fixture
-def settings(schema_name: str, nats_prefix: str) -> Settings:
-    # What LEADLOG_ALLOW_PRIVATE_WEBHOOK_TARGETS=1 sets: the receiver is on 127.0.0.1.
-    return Settings(
-        database_schema=schema_name,
-        nats_prefix=nats_prefix,
-        admin_token=ADMIN_TOKEN,
-        timer_interval=0.1,
-        allow_private_webhook_targets=True,
-        webhook_retry_base_seconds=BASE,
-        webhook_retry_cap_seconds=5.0,
-    )
 
 
 async def webhook_lead_type(
