@@ -321,6 +321,13 @@ def status(as_json: JsonFlag = False) -> None:
             f"NATS intake: {backlog['pending']} waiting, {backlog['ackPending']} in progress, "
             f"{backlog['redelivered']} redelivered"
         )
+    deliveries = report.get("deliveries")
+    if isinstance(deliveries, dict):
+        out.print(
+            f"deliveries: {deliveries['pending']} pending (oldest due "
+            f"{deliveries['oldestPendingSeconds']} s ago), {deliveries['failed']} failed, "
+            f"{deliveries['disabled']} disabled, {deliveries['succeeded']} succeeded"
+        )
 
 
 def _register_subcommands() -> None:

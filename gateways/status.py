@@ -1,6 +1,8 @@
-"""What every consumer is doing: position, lag, last error; the NATS intake backlog."""
+"""What every consumer is doing: position, lag, last error; NATS intake and delivery backlogs."""
 
 from __future__ import annotations
+
+import asyncpg
 
 from gateways.bootstrap import Engine
 from gateways.nats_intake import DURABLE, stream_name
@@ -37,7 +39,39 @@ async def engine_status(engine: Engine) -> dict[str, object]:
         }
         for row in rows
     ]
-    return {"head": head, "consumers": consumers, "natsIntake": await intake_backlog(engine)}
+    return {
+        "head": head,
+        "consumers": consumers,
+        "natsIntake": await intake_backlog(engine),
+        "deliveries": await delivery_backlog(engine),
+    }
+
+
+async def delivery_backlog(engine: Engine) -> dict[str, object] | None:
+    """Outbound webhooks and emails by state (from the `deliveries` view), and how overdue
+    the oldest pending one is; None when the view is not there."""
+    try:
+        rows = await engine.pool.fetch(
+            """
+            SELECT state, count(*) AS n,
+                   extract(epoch FROM now() - min(coalesce(next_attempt_at, updated_at)))
+                       AS overdue
+              FROM deliveries GROUP BY state
+            """
+        )
+    except asyncpg.UndefinedTableError:
+        return None
+    counts = {row["state"]: int(row["n"]) for row in rows}
+    overdue = max(
+        (float(row["overdue"] or 0) for row in rows if row["state"] == "pending"), default=0.0
+    )
+    return {
+        "pending": counts.get("pending", 0),
+        "succeeded": counts.get("succeeded", 0),
+        "failed": counts.get("failed", 0),
+        "disabled": counts.get("disabled", 0),
+        "oldestPendingSeconds": round(max(overdue, 0.0), 3),
+    }
 
 
 async def intake_backlog(engine: Engine) -> dict[str, int] | None:

@@ -170,6 +170,7 @@ def test_up_on_embedded_servers(data_dir: Path) -> None:
         assert caught_up, report
         assert all(c["lastError"] is None for c in report["consumers"])
         assert report["natsIntake"] == {"pending": 0, "ackPending": 0, "redelivered": 0}
+        assert report["deliveries"]["pending"] == 0 and report["deliveries"]["failed"] == 0
 
         # a second `up` on the same data folder refuses, and harms nothing
         second = run(environment(data_dir, free_port()), "up", timeout=60)
