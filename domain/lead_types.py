@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import secrets
 import uuid
 from datetime import datetime, timedelta
@@ -38,6 +39,7 @@ from domain.triggers import Trigger
 MAX_ACTIONS = 200
 MAX_CONDITIONS = 20
 SECRET_PREFIX = "whsec_"
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class Model(BaseModel):
@@ -246,9 +248,11 @@ class Webhook(ActionBase):
             "webhook-timestamp",
             "webhook-signature",
         }
-        for name in value:
+        for name, header in value.items():
             if name.lower() in reserved:
                 raise ValueError(f"header {name!r} is set by leadlog")
+            if not _HEADER_NAME.fullmatch(name) or any(c in header for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} is not a valid HTTP header")
         return value
 
 

@@ -22,7 +22,7 @@ CONTENT_TYPES = {FORM: "application/x-www-form-urlencoded", JSON: "application/j
 # The headers leadlog sets itself; an action's custom headers never replace them.
 RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp",
-     "webhook-signature", "user-agent"}
+     "webhook-signature"}
 )  # fmt: skip
 
 
@@ -30,6 +30,7 @@ class SigningError(ValueError):
     """A secret that is not a Standard Webhooks secret (`whsec_` + base64)."""
 
 
+@lru_cache(maxsize=1024)
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a `whsec_<base64>` secret (the prefix is optional, as in the spec)."""
     encoded = secret.removeprefix(SECRET_PREFIX)
@@ -62,11 +63,13 @@ def webhook_headers(
     custom: Mapping[str, str] | None = None,
     user_agent: str = "leadlog-webhooks/1",
 ) -> dict[str, str]:
-    """The request headers of one attempt: the action's own headers first, then ours
-    (`webhook-id`, `webhook-timestamp`, `webhook-signature` when there is a secret)."""
+    """The request headers of one attempt: the action's own headers first (its
+    `User-Agent` replaces ours), then `content-type`, `webhook-id`, `webhook-timestamp` and
+    `webhook-signature` (when there is a secret), which the action's cannot replace."""
     headers = {k: v for k, v in (custom or {}).items() if k.lower() not in RESERVED_HEADERS}
     headers["content-type"] = content_type
-    headers["user-agent"] = user_agent
+    if not any(k.lower() == "user-agent" for k in headers):
+        headers["user-agent"] = user_agent
     headers["webhook-id"] = msg_id
     headers["webhook-timestamp"] = str(timestamp)
     if secrets:

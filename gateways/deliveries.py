@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import time
@@ -45,6 +46,7 @@ RETRY_HORIZON = 300.0
 FOLLOWER_GRACE = 30.0
 LEAD_TYPE_TTL = 30.0
 FOLLOW_BATCH = 1000
+RECENT = 100_000
 FOLLOW_PAUSE = 0.005
 # While busy, slots are handed out in lots of at least this many, waiting at most this long.
 COALESCE = 16
@@ -182,6 +184,9 @@ class DeliveryWorker:
         self._wake_poller = asyncio.Event()
         self._backlog = False
         self._coalesced = False
+        # Where this instance recorded its latest attempt of each delivery (most recent
+        # last, bounded), so view rows older than that are not taken for due work.
+        self._recent: dict[UUID, int] = {}
         # The follower's start: never-tried rows changed before it are the poll's at once.
         self._followed_from = 0
         # Below this many queued, the view is asked for more due work (above: enough to do).
@@ -375,7 +380,8 @@ class DeliveryWorker:
             async with self.pool.acquire() as conn:
                 rows = await conn.fetch(
                     f"""
-                    SELECT id, coalesce(next_attempt_at, updated_at) AS due FROM {table}
+                    SELECT id, coalesce(next_attempt_at, updated_at) AS due, updated_position
+                      FROM {table}
                      WHERE state = 'pending' AND coalesce(next_attempt_at, updated_at) <= $1
                        AND (next_attempt_at IS NOT NULL OR updated_at <= $2
                             OR updated_position <= $4) {keyset}
@@ -383,8 +389,16 @@ class DeliveryWorker:
                     """,
                     *args,
                 )
+            recent = self._recent
             self.enqueue(
-                (r["id"] for r in rows if r["id"] not in self._timers), after_in_flight=False
+                (
+                    r["id"]
+                    for r in rows
+                    if r["id"] not in self._timers
+                    # a row from before our own last attempt: the view has not caught up
+                    and r["updated_position"] >= recent.get(r["id"], 0)
+                ),
+                after_in_flight=False,
             )
             if len(rows) < 1000:
                 return False
@@ -533,6 +547,11 @@ class DeliveryWorker:
     def _recorded(self, recorded: Recorded, result: AttemptResult) -> None:
         self.attempts += 1
         delivery = recorded.delivery
+        self._recent.pop(delivery.id, None)
+        self._recent[delivery.id] = recorded.position
+        if len(self._recent) > RECENT:
+            for stale in list(itertools.islice(self._recent, RECENT // 2)):
+                del self._recent[stale]
         if recorded.outcome is Outcome.RETRYING and delivery.next_attempt_at is not None:
             self._retry_at(delivery.id, delivery.next_attempt_at)
         if self.metrics is not None:

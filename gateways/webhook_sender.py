@@ -1,4 +1,4 @@
-"""Outbound webhook requests: a lean, SSRF-guarded HTTP/1.1 connection pool shared by all."""
+"""Outbound webhook requests over a lean, SSRF-guarded HTTP/1.1 connection pool."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import orjson
 from domain.signing import CONTENT_TYPES, FORM, JSON, encode_form
 from handlers.deliveries import AttemptResult
 
-# The answer's body is never used; what is read of it is bounded.
+# Webhook answers' bodies are not used; what is read of one is bounded.
 MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = "leadlog-webhooks/1"
 
@@ -406,8 +406,16 @@ class Http11Transport(httpx.AsyncBaseTransport):
 class WebhookSender:
     """Sends webhook attempts over one shared `ConnectionPool`."""
 
-    def __init__(self, *, allow_private: bool = False, max_connections: int = 256) -> None:
-        self.pool = ConnectionPool(max_connections=max_connections, allow_private=allow_private)
+    def __init__(
+        self,
+        *,
+        allow_private: bool = False,
+        max_connections: int = 256,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.pool = ConnectionPool(
+            max_connections=max_connections, allow_private=allow_private, ssl_context=ssl_context
+        )
         self._client: httpx.AsyncClient | None = None
 
     @property

@@ -86,7 +86,7 @@ async def record_attempt(
                 return None
             delivery = reloaded
             continue
-        return Recorded(delivery, outcome, appended.position)
+        return Recorded(delivery, outcome, appended.positions[0])
     raise RuntimeError(f"gave up recording an attempt of {delivery.id} after conflicts")
 
 

@@ -6,7 +6,9 @@ import asyncio
 import http
 import itertools
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -916,3 +918,41 @@ async def test_the_httpx_client_on_the_guarded_pool() -> None:
     finally:
         await open_sender.aclose()
         await strict.aclose()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_https_targets_are_verified(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    receiver = Receiver(Reply(200), Reply(200))
+    server = await asyncio.start_server(receiver._serve, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    sender = WebhookSender(allow_private=True, ssl_context=trusting)
+    stranger = WebhookSender(allow_private=True)  # the system's CAs only
+    try:
+        for _ in range(2):  # the second one on the kept-alive TLS connection
+            ok = await sender.send(f"https://localhost:{port}/x", b"a=1", {}, 5)
+            assert (ok.status_code, ok.error) == (200, None)
+        assert [r.body for r in receiver.requests] == [b"a=1", b"a=1"]
+        untrusted = await stranger.send(f"https://localhost:{port}/x", b"a=1", {}, 5)
+        assert untrusted.status_code is None and "CERTIFICATE_VERIFY_FAILED" in (
+            untrusted.error or ""
+        )
+        # the certificate names localhost, not 127.0.0.1
+        wrong_name = await sender.send(f"https://127.0.0.1:{port}/x", b"a=1", {}, 5)
+        assert wrong_name.status_code is None and wrong_name.error is not None
+        assert len(receiver.requests) == 2
+    finally:
+        await sender.aclose()
+        await stranger.aclose()
+        server.close()

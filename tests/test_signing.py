@@ -56,6 +56,17 @@ def test_headers_verify_with_the_reference_package_and_either_secret() -> None:
     assert headers["content-type"] == "application/x-www-form-urlencoded"
     assert headers["X-Partner-Key"] == "abc"
     assert "Webhook-Id" not in headers and "Content-Type" not in headers
+    assert headers["user-agent"] == "leadlog-webhooks/1"
+    theirs = webhook_headers(
+        msg_id=MSG_ID,
+        timestamp=now,
+        body=body,
+        secrets=[],
+        content_type="application/json",
+        custom={"User-Agent": "partner-x"},
+    )
+    assert theirs["User-Agent"] == "partner-x" and "user-agent" not in theirs
+    assert "webhook-signature" not in theirs
     signatures = headers["webhook-signature"].split(" ")
     assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
     for secret in (current, previous):
