@@ -24,6 +24,7 @@ import structlog
 from domain.triggers import TRIGGERING_EVENT_TYPES
 from gateways.event_store import PostgresEventStore
 from gateways.log_store import PostgresLog, Record
+from gateways.reactor import record_consumer_error
 from handlers.actions import ActionRunner
 from handlers.ports import Append, Checkpoint, ConcurrencyConflict, TrackingConflict
 
@@ -166,17 +167,6 @@ class ActionWorkers:
             )
 
     async def _record_error(self, consumer: str, record: Record, error: Exception) -> None:
-        async with self.log.pool.acquire() as conn:
-            await conn.execute(
-                """
-                INSERT INTO consumer_errors (consumer, position, event_id, event_type, error)
-                VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (consumer, position) WHERE resolved_at IS NULL
-                DO UPDATE SET attempts = consumer_errors.attempts + 1, last_seen_at = now()
-                """,
-                consumer,
-                record.position,
-                record.event_id,
-                record.event_type,
-                repr(error),
-            )
+        await record_consumer_error(
+            self.log.pool, consumer, record.position, record.event_id, record.event_type, error
+        )

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
+import asyncpg
 import structlog
 
 from domain.base import DomainEvent
@@ -95,17 +96,32 @@ class Reactor:
     async def _record_error(
         self, position: int, event_id: object, event_type: str, error: Exception
     ) -> None:
-        async with self.log.pool.acquire() as conn:
-            await conn.execute(
-                """
-                INSERT INTO consumer_errors (consumer, position, event_id, event_type, error)
-                VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (consumer, position) WHERE resolved_at IS NULL
-                DO UPDATE SET attempts = consumer_errors.attempts + 1, last_seen_at = now()
-                """,
-                self.consumer,
-                position,
-                event_id,
-                event_type,
-                repr(error),
-            )
+        await record_consumer_error(
+            self.log.pool, self.consumer, position, event_id, event_type, error
+        )
+
+
+async def record_consumer_error(
+    pool: asyncpg.Pool,
+    consumer: str,
+    position: int,
+    event_id: object,
+    event_type: str,
+    error: Exception,
+) -> None:
+    """Note in `consumer_errors` that `consumer` failed at `position` (once per position,
+    counting the attempts), for `leadlog status` and the operator."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO consumer_errors (consumer, position, event_id, event_type, error)
+            VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (consumer, position) WHERE resolved_at IS NULL
+            DO UPDATE SET attempts = consumer_errors.attempts + 1, last_seen_at = now()
+            """,
+            consumer,
+            position,
+            event_id,
+            event_type,
+            repr(error),
+        )

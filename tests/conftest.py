@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -230,3 +232,25 @@ async def make_user(
 # Test receivers listen on 127.0.0.1, which the webhook sender refuses unless this is set;
 # the test proving the refusal builds Settings with it off.
 os.environ.setdefault("LEADLOG_ALLOW_PRIVATE_WEBHOOK_TARGETS", "1")
+
+
+def leadlog_cli(
+    servers: Servers, settings: Settings, *args: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """`leadlog ARGS` in a subprocess, against the test's servers, schema and NATS prefix."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADLOG_")}
+    env.update(
+        LEADLOG_DATABASE_URL=servers.database_url,
+        LEADLOG_NATS_URL=servers.nats_url,
+        LEADLOG_DATABASE_SCHEMA=settings.database_schema,
+        LEADLOG_NATS_PREFIX=settings.nats_prefix,
+        COLUMNS="250",
+    )
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "leadlog"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

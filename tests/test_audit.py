@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +20,7 @@ from handlers.ports import LoggedEvent
 from projections.base import ProjectionDb, Tables
 from projections.leads import LeadList
 from projections.timeline import LeadTimeline
-from tests.conftest import OPERATOR, Servers
+from tests.conftest import OPERATOR, Servers, leadlog_cli
 from tests.test_forms import QUOTE_FORM, token_of
 
 pytestmark = pytest.mark.timeout(240)
@@ -265,25 +262,7 @@ async def test_audit_is_clean_for_every_view_after_a_broad_workload(
     assert await live_state(engine) == before
 
 
-def cli(
-    servers: Servers, settings: Settings, *args: str, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADLOG_")}
-    env.update(
-        LEADLOG_DATABASE_URL=servers.database_url,
-        LEADLOG_NATS_URL=servers.nats_url,
-        LEADLOG_DATABASE_SCHEMA=settings.database_schema,
-        LEADLOG_NATS_PREFIX=settings.nats_prefix,
-        COLUMNS="250",
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "gateways.cli_ops", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+cli = leadlog_cli
 
 
 async def test_cli_reports_exactly_the_tampered_rows_and_exits_1(

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import http
 import itertools
-import os
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -37,7 +35,7 @@ from gateways.settings import Settings
 from gateways.smtp_sender import NO_SERVER
 from gateways.webhook_sender import BlockedTarget, WebhookSender
 from handlers.ports import Append
-from tests.conftest import ADMIN_TOKEN, OPERATOR, Servers, make_workspace
+from tests.conftest import ADMIN_TOKEN, OPERATOR, Servers, leadlog_cli, make_workspace
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -551,23 +549,7 @@ async def test_listing_and_redelivery_over_http(
     assert missing.status_code == 404
 
 
-def leadlog(servers: Servers, settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADLOG_")}
-    env.update(
-        LEADLOG_DATABASE_URL=servers.database_url,
-        LEADLOG_NATS_URL=servers.nats_url,
-        LEADLOG_DATABASE_SCHEMA=settings.database_schema,
-        LEADLOG_NATS_PREFIX=settings.nats_prefix,
-        COLUMNS="250",
-    )
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "leadlog"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+leadlog = leadlog_cli
 
 
 async def test_list_and_redeliver_from_the_cli(

@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -19,7 +16,7 @@ from gateways.projector import Projector, State
 from gateways.rebuild import RebuildError, rebuild
 from gateways.settings import Settings
 from projections.leads import LeadList
-from tests.conftest import Servers
+from tests.conftest import Servers, leadlog_cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -222,23 +219,7 @@ async def test_a_second_rebuild_at_the_same_time_is_refused(
     await first
 
 
-def cli(servers: Servers, settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADLOG_")}
-    env.update(
-        LEADLOG_DATABASE_URL=servers.database_url,
-        LEADLOG_NATS_URL=servers.nats_url,
-        LEADLOG_DATABASE_SCHEMA=settings.database_schema,
-        LEADLOG_NATS_PREFIX=settings.nats_prefix,
-        COLUMNS="200",
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "gateways.cli_ops", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+cli = leadlog_cli
 
 
 async def test_cli_rebuild_in_another_process_while_this_one_serves(
