@@ -257,7 +257,11 @@ async def test_nats_msg_id_dedupes_at_the_server_and_in_the_log(
     late = await js.publish(subject, body, headers={"Nats-Msg-Id": "order-1"})
     assert not late.duplicate and late.seq > first.seq
 
-    await wait_until(lambda: settled(js, worker))
+    async def both_acked() -> bool:
+        # The server sees an ack a moment before the worker counts it: wait for both.
+        return worker.acked == 2 and await settled(js, worker)
+
+    await wait_until(both_acked, what="both copies acked")
     leads = await received(engine, workspace_id)
     assert len(leads) == 1
     assert leads[0].idempotency_key == "nats:order-1"
