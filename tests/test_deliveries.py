@@ -181,6 +181,25 @@ class Setup:
         await self.engine.store.append(Append(self.workspace_id, events=delivery.collect_events()))
         return delivery
 
+    async def email(
+        self,
+        to: str,
+        subject: str = "S",
+        body: str = "B",
+        *,
+        max_attempts: int = 3,
+        lead_id: UUID | None = None,
+    ) -> Delivery:
+        """An email delivery (what a Contact/Notify action schedules)."""
+        return await self.delivery(
+            to,
+            kind=DeliveryKind.EMAIL,
+            fmt="text",
+            payload={"subject": subject, "body": body},
+            max_attempts=max_attempts,
+            lead_id=lead_id,
+        )
+
     async def load(self, delivery_id: UUID) -> Delivery:
         found = await self.engine.store.load(Delivery, delivery_id)
         assert found is not None
@@ -618,14 +637,7 @@ async def test_deliveries_show_in_the_lead_timeline(
         lead_id = UUID(created.json()["id"])
         await workers()
         webhook = await setup.delivery(receiver.url, lead_id=lead_id)
-        email = await setup.delivery(
-            "ada@x.test",
-            kind=DeliveryKind.EMAIL,
-            fmt="text",
-            payload={"subject": "Hi", "body": "Hello"},
-            max_attempts=1,
-            lead_id=lead_id,
-        )
+        email = await setup.email("ada@x.test", "Hi", "Hello", max_attempts=1, lead_id=lead_id)
         await setup.settled(webhook.id)
         await setup.settled(email.id)
     position = await engine.log.max_position()
@@ -703,12 +715,8 @@ async def test_email_over_smtp(
         update={"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_from": "Leads <leads@acme.test>"}
     )
     await workers(smtp)
-    delivery = await setup.delivery(
-        "ann@example.com",
-        kind=DeliveryKind.EMAIL,
-        fmt="text",
-        payload={"subject": "New lead: Ada", "body": "Ada Lovelace wants a quote.\nCall her."},
-        max_attempts=3,
+    delivery = await setup.email(
+        "ann@example.com", "New lead: Ada", "Ada Lovelace wants a quote.\nCall her."
     )
     done = await setup.settled(delivery.id)
     assert done.state is DeliveryState.SUCCEEDED and done.attempts == 2  # 451, then 250
@@ -732,13 +740,7 @@ async def test_email_over_smtp(
     )
 
     box.answers = ["554 5.7.1 rejected"]
-    refused = await setup.delivery(
-        "bob@example.com",
-        kind=DeliveryKind.EMAIL,
-        fmt="text",
-        payload={"subject": "S", "body": "B"},
-        max_attempts=3,
-    )
+    refused = await setup.email("bob@example.com")
     permanent = await setup.settled(refused.id)
     assert permanent.state is DeliveryState.FAILED and permanent.attempts == 1
     assert permanent.last_status == 554
@@ -749,13 +751,7 @@ async def test_email_without_an_smtp_server_fails_clearly(
 ) -> None:
     setup = await make_setup(engine, client, "https://partner.example/hook")
     await workers()
-    delivery = await setup.delivery(
-        "ann@example.com",
-        kind=DeliveryKind.EMAIL,
-        fmt="text",
-        payload={"subject": "S", "body": "B"},
-        max_attempts=3,
-    )
+    delivery = await setup.email("ann@example.com")
     done = await setup.settled(delivery.id)
     assert done.state is DeliveryState.FAILED and done.attempts == 1
     assert done.last_error == NO_SERVER
