@@ -106,13 +106,13 @@ class AbandonmentTimers:
                 continue
             if position is not None:
                 fired += 1
+                self.abandoned += 1  # counted as each lands, so a watcher never sees it lag
                 log.info(
                     "lead abandoned",
                     lead_id=str(timer.lead_id),
                     due_at=timer.due_at.isoformat(),
                     position=position,
                 )
-        self.abandoned += fired
         return fired
 
     async def _run(self) -> None:
