@@ -10,7 +10,6 @@ the `ConcurrencyConflict` (409) back.
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,12 +33,12 @@ from domain.partners import Partner
 from domain.pipelines import Pipeline
 from domain.workspaces import Workspace
 from handlers.ports import Allocation, Append, Claim, ConcurrencyConflict, EventStore
+from handlers.retry import ATTEMPTS, retrying
 from handlers.users import assignable_user
 from handlers.workspaces import WorkspaceNotFound
 
 T = TypeVar("T")
 
-ATTEMPTS = 10
 BULK_CONCURRENCY = 16
 MAX_BULK = 500
 
@@ -64,18 +63,6 @@ class Done(Generic[T]):
     position: int
     changed: bool
     value: T
-
-
-async def retrying(attempt: Callable[[], Awaitable[T]], attempts: int = ATTEMPTS) -> T:
-    """Run `attempt` again (it reloads and re-decides) while it loses a race."""
-    for tried in range(1, attempts + 1):
-        try:
-            return await attempt()
-        except ConcurrencyConflict:
-            if tried == attempts:
-                raise
-            await asyncio.sleep(random.uniform(0, 0.004 * tried))
-    raise AssertionError("unreachable")
 
 
 async def load_lead(store: EventStore, workspace_id: UUID, lead_id: UUID) -> Lead:

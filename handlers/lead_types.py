@@ -24,9 +24,10 @@ from domain.lead_types import (
 from domain.leads import Lead
 from domain.milestones import find_status
 from domain.workspaces import Workspace, clean_name
-from handlers.lead_commands import Done, change_lead, load_partner, retrying, statuses_of
+from handlers.lead_commands import Done, change_lead, load_partner, statuses_of
 from handlers.listing import aggregates_of
 from handlers.ports import Append, Claim, EventStore
+from handlers.retry import retrying
 from handlers.users import UnknownGroup, UnknownUser, assignable_user, group_members
 from handlers.workspaces import WorkspaceNotFound
 

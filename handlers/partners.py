@@ -7,9 +7,10 @@ from uuid import UUID
 
 from domain.partners import Partner, PartnerDetails
 from domain.workspaces import Workspace
-from handlers.lead_commands import load_partner, retrying
+from handlers.lead_commands import load_partner
 from handlers.listing import aggregates_of
 from handlers.ports import Append, EventStore
+from handlers.retry import retrying
 from handlers.workspaces import WorkspaceNotFound
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TypeVar
 from uuid import UUID
 
@@ -12,12 +11,11 @@ from domain.base import DomainEvent
 from domain.users import User, UserGroup, email_key, group_name_key, new_group, new_user
 from domain.workspaces import Workspace
 from handlers.listing import aggregates_of
-from handlers.ports import Append, Claim, ConcurrencyConflict, EventStore, ReservationTaken
+from handlers.ports import Append, Claim, EventStore, ReservationTaken
+from handlers.retry import retrying
 from handlers.workspaces import WorkspaceNotFound
 
 T = TypeVar("T")
-
-ATTEMPTS = 10
 
 
 class UserNotFound(LookupError):
@@ -51,19 +49,6 @@ class Taken(ReservationTaken):
     def __init__(self, message: str, taken: ReservationTaken) -> None:
         super().__init__(taken.key, taken.holder)
         self.args = (message,)
-
-
-async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
-    """Run `attempt` again (it reloads and re-decides) while it loses a race. (The same loop
-    as lead_commands.retrying, which cannot be imported here: lead_commands imports this.)"""
-    for tried in range(1, ATTEMPTS + 1):
-        try:
-            return await attempt()
-        except ConcurrencyConflict:
-            if tried == ATTEMPTS:
-                raise
-            await asyncio.sleep(random.uniform(0, 0.004 * tried))
-    raise AssertionError("unreachable")
 
 
 async def _append(
@@ -165,7 +150,7 @@ async def update_user(
         )
         return user, position
 
-    return await _retrying(attempt)
+    return await retrying(attempt)
 
 
 async def deactivate_user(
@@ -179,7 +164,7 @@ async def deactivate_user(
         user.deactivate(actor)
         return user, await _append(store, workspace_id, user.collect_events())
 
-    return await _retrying(attempt)
+    return await retrying(attempt)
 
 
 async def reactivate_user(
@@ -190,7 +175,7 @@ async def reactivate_user(
         user.reactivate(actor)
         return user, await _append(store, workspace_id, user.collect_events())
 
-    return await _retrying(attempt)
+    return await retrying(attempt)
 
 
 async def assignable_user(store: EventStore, workspace_id: UUID, user_id: str) -> User:
@@ -292,7 +277,7 @@ async def update_group(
         )
         return group, position
 
-    return await _retrying(attempt)
+    return await retrying(attempt)
 
 
 async def delete_group(store: EventStore, workspace_id: UUID, group_id: UUID, actor: str) -> int:
@@ -308,7 +293,7 @@ async def delete_group(store: EventStore, workspace_id: UUID, group_id: UUID, ac
             releases=[group_name_key(workspace_id, group.name)],
         )
 
-    return await _retrying(attempt)
+    return await retrying(attempt)
 
 
 async def group_members(store: EventStore, workspace_id: UUID, group_id: UUID) -> list[User]:
