@@ -18,7 +18,7 @@ from bench.nats_bulk import bench_nats_bulk
 from bench.projections import run_projection_benchmarks
 from bench.report import Report
 from bench.store import run_store_benchmarks
-from gateways.embedded import EmbeddedStack
+from gateways.embedded.stack import EmbeddedStack
 
 
 @contextmanager

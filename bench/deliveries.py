@@ -21,7 +21,7 @@ from domain.deliveries import Delivery, DeliveryKind
 from domain.lead_types import LeadType, Referral, Webhook
 from domain.triggers import Trigger
 from gateways.bootstrap import Engine, start_engine
-from gateways.deliveries import DeliveryWorker
+from gateways.outbound.deliveries import DeliveryWorker
 from gateways.settings import Settings
 from handlers.ports import Append
 from handlers.workspaces import create_workspace

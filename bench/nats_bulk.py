@@ -10,7 +10,7 @@ import orjson
 
 from bench.report import Report
 from gateways.bootstrap import start_engine
-from gateways.nats_intake import NatsIntake
+from gateways.nats.intake import NatsIntake
 from gateways.settings import Settings
 from handlers.intake import request_counter
 from handlers.workspaces import create_workspace

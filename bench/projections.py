@@ -10,11 +10,11 @@ import psutil
 
 from bench.report import Report
 from domain.leads import Lead, LeadDetails, Source, Status
-from gateways.codec import EventCodec
-from gateways.database import open_pool
-from gateways.event_store import PostgresEventStore
-from gateways.log_store import NewRecord, PostgresLog, RecordAppend
-from gateways.projector import Projector
+from gateways.consumers.projector import Projector
+from gateways.postgres.codec import EventCodec
+from gateways.postgres.database import open_pool
+from gateways.postgres.event_store import PostgresEventStore
+from gateways.postgres.log_store import NewRecord, PostgresLog, RecordAppend
 from handlers.intake import Intake, LeadIntake
 from handlers.workspaces import create_workspace
 from projections.leads import LeadList

@@ -17,9 +17,9 @@ from eventsourcing.domain import event
 
 from bench.report import Report
 from domain.base import Aggregate
-from gateways.database import open_pool
-from gateways.event_store import PostgresEventStore
-from gateways.log_store import PostgresLog
+from gateways.postgres.database import open_pool
+from gateways.postgres.event_store import PostgresEventStore
+from gateways.postgres.log_store import PostgresLog
 from handlers.ports import Append
 
 CONCURRENCY = 64

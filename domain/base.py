@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
@@ -55,3 +56,15 @@ def event_type(event: Any) -> str:
     if len(qualname) >= 2:
         return f"{snake(qualname[-2])}.{snake(qualname[-1])}"
     return snake(qualname[-1])
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """A committed event as consumers see it: the domain event plus its place in the log."""
+
+    position: int
+    event_id: UUID
+    workspace_id: UUID | None
+    event_type: str
+    recorded_at: datetime
+    event: DomainEvent

@@ -10,12 +10,12 @@ import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 
-from gateways.database import open_pool
-from gateways.event_store import PostgresEventStore
-from gateways.log_store import PostgresLog
+from gateways.consumers.projector import Projector
+from gateways.consumers.read_models import LeadViews
 from gateways.metrics import MeteredIntake, Metrics
-from gateways.projector import Projector
-from gateways.read_models import LeadViews
+from gateways.postgres.database import open_pool
+from gateways.postgres.event_store import PostgresEventStore
+from gateways.postgres.log_store import PostgresLog
 from gateways.settings import Settings
 from handlers.intake import LeadIntake
 from handlers.workspaces import Authenticator

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateways.embedded import EmbeddedStack
+from gateways.embedded.stack import EmbeddedStack
 from gateways.settings import Settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from gateways.bootstrap import Engine
-from gateways.nats_intake import DURABLE, stream_name
+from gateways.nats.intake import DURABLE, stream_name
 
 
 async def engine_status(engine: Engine) -> dict[str, object]:

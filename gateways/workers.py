@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateways.action_runner import ActionWorkers
 from gateways.bootstrap import Engine
-from gateways.deliveries import delivery_worker
-from gateways.nats_intake import NatsIntake
-from gateways.nats_relay import NatsRelay
-from gateways.reactor import Reactor
-from gateways.read_models import PendingLeadsTable
-from gateways.timers import AbandonmentTimers
+from gateways.consumers.action_shards import ActionWorkers
+from gateways.consumers.reactor import Reactor
+from gateways.consumers.read_models import PendingLeadsTable
+from gateways.consumers.timers import AbandonmentTimers
+from gateways.nats.intake import NatsIntake
+from gateways.nats.relay import NatsRelay
+from gateways.outbound.deliveries import delivery_worker
 from handlers.actions import ActionRunner
 from handlers.customers import ReleasePendingLeads
 

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from domain.base import DomainEvent
+from domain.base import DomainEvent, LoggedEvent
 from domain.deliveries import Delivery, DeliveryKind
 from domain.lead_types import (
     Action,
@@ -56,7 +56,7 @@ from domain.partners import Partner
 from domain.triggers import EVENT_TYPE_CODES, Trigger, triggers_of
 from domain.users import User
 from handlers.lead_commands import statuses_of
-from handlers.ports import Allocation, Append, EventStore, LoggedEvent
+from handlers.ports import Allocation, Append, EventStore
 from handlers.users import UnknownGroup, group_members
 
 MAX_DEPTH = 5

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Protocol
 from uuid import UUID
 
-from domain.base import DomainEvent
+from domain.base import DomainEvent, LoggedEvent
 from domain.customers import Customer
 from domain.leads import Lead, Status
-from handlers.ports import EventStore, LoggedEvent
+from handlers.ports import EventStore
 
 RELEASED_BY = "system:customer-registration"
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
+from domain.base import LoggedEvent
 from domain.dead_letters import DeadLetter, body_excerpt, clean_detail, clean_headers
-from handlers.ports import Append, Claim, EventStore, LoggedEvent
+from handlers.ports import Append, Claim, EventStore
 
 RECORDED = "dead_letter.recorded"
 MAX_SUBJECT = 1000

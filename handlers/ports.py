@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 from uuid import UUID
 
-from domain.base import Aggregate, DomainEvent
+from domain.base import Aggregate, DomainEvent, LoggedEvent
 
 
 class StoreError(Exception):
@@ -103,18 +103,6 @@ class Appended:
     def position(self) -> int:
         """The log position of the command's last event (0 when it wrote none)."""
         return self.positions[-1] if self.positions else 0
-
-
-@dataclass(frozen=True)
-class LoggedEvent:
-    """A committed event as consumers see it: the domain event plus its place in the log."""
-
-    position: int
-    event_id: UUID
-    workspace_id: UUID | None
-    event_type: str
-    recorded_at: datetime
-    event: DomainEvent
 
 
 A = TypeVar("A", bound=Aggregate)

@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from domain.base import LoggedEvent
 from domain.deliveries import Delivery, DeliveryState, Outcome
-from handlers.ports import LoggedEvent
 from projections.base import Projection, ProjectionDb, Tables
 from projections.timeline import event_types_of
 

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from domain.base import LoggedEvent
 from domain.leads import Lead, Status
 from domain.workspaces import DEFAULT_ABANDON_AFTER_HOURS, Workspace
-from handlers.ports import LoggedEvent
 from projections.base import Projection, ProjectionDb, Tables
 
 

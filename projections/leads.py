@@ -6,8 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from domain.base import LoggedEvent
 from domain.leads import Lead
-from handlers.ports import LoggedEvent
 from projections.base import Projection, ProjectionDb, Tables
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from domain.base import LoggedEvent
 from domain.leads import Lead, Status
-from handlers.ports import LoggedEvent
 from projections.base import Projection, ProjectionDb, Tables
 
 

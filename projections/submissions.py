@@ -13,8 +13,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from domain.base import LoggedEvent
 from domain.submissions import Submission
-from handlers.ports import LoggedEvent
 from projections.base import Projection, ProjectionDb, Tables
 from projections.timeline import event_types_of
 

@@ -30,11 +30,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from domain.base import DomainEvent, snake
+from domain.base import DomainEvent, LoggedEvent, snake
 from domain.deliveries import Delivery, DeliveryKind, Outcome
 from domain.leads import Lead, Source
 from domain.submissions import Submission
-from handlers.ports import LoggedEvent
 from projections.base import Projection, ProjectionDb, Tables
 
 LEAD = "lead"

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
+from domain.base import LoggedEvent
 from domain.workspaces import Workspace
-from handlers.ports import LoggedEvent
 from projections.base import Projection, ProjectionDb, Tables
 
 

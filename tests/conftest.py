@@ -20,11 +20,11 @@ import pytest
 import structlog
 
 from gateways.bootstrap import Engine, start_engine
-from gateways.database import open_pool
-from gateways.embedded import EmbeddedStack
-from gateways.event_store import PostgresEventStore
+from gateways.embedded.stack import EmbeddedStack
 from gateways.http.app import create_app
-from gateways.log_store import PostgresLog
+from gateways.postgres.database import open_pool
+from gateways.postgres.event_store import PostgresEventStore
+from gateways.postgres.log_store import PostgresLog
 from gateways.settings import Settings
 from gateways.workers import build_workers
 

@@ -1,4 +1,4 @@
-"""The `leadlog` command line: run the engine, and the operator's admin verbs."""
+"""`leadlog up` and `leadlog serve api|workers`: run the engine until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,50 +7,23 @@ import contextlib
 import errno
 import signal
 import socket
-import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from enum import StrEnum
 from types import FrameType
-from typing import Annotated, TypeVar
-from uuid import UUID
+from typing import Annotated
 
-import orjson
 import typer
 import uvicorn
 import uvloop
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from domain.workspaces import InvalidName, Role
-from gateways.bootstrap import Engine, start_engine
-from gateways.embedded import EmbeddedStackError, StackAlreadyRunning
+from gateways.bootstrap import start_engine
+from gateways.cli.common import err, fail
+from gateways.embedded.stack import EmbeddedStackError, StackAlreadyRunning
 from gateways.http.app import create_app
 from gateways.logs import configure_logging
 from gateways.servers import ServerUrls, admin_token, server_urls
 from gateways.settings import Settings
-from gateways.status import engine_status
 from gateways.workers import build_workers
-from handlers import workspaces as commands
-
-app = typer.Typer(help="leadlog: an event-sourced lead processing engine.", no_args_is_help=True)
-workspaces_app = typer.Typer(help="Create and list workspaces.", no_args_is_help=True)
-tokens_app = typer.Typer(help="Issue and revoke API tokens.", no_args_is_help=True)
-app.add_typer(workspaces_app, name="workspaces")
-app.add_typer(tokens_app, name="tokens")
-
-out = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
-
-
-def main() -> None:
-    app()
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
 
 
 def _port_taken(host: str, port: int) -> bool:
@@ -171,7 +144,6 @@ def _run(
         raise fail(f"cannot reach PostgreSQL or NATS: {error}") from None
 
 
-@app.command()
 def up() -> None:
     """Run everything in one process: servers (embedded unless configured), API and workers."""
     _run(Settings(), start_servers=True)
@@ -182,7 +154,6 @@ class ServeRole(StrEnum):
     workers = "workers"
 
 
-@app.command()
 def serve(role: Annotated[ServeRole, typer.Argument(help="what to serve")]) -> None:
     """Serve one role against configured servers (LEADLOG_DATABASE_URL, LEADLOG_NATS_URL):
     `api` the HTTP app alone, `workers` the projections, reactions, NATS intake and relay
@@ -193,154 +164,6 @@ def serve(role: Annotated[ServeRole, typer.Argument(help="what to serve")]) -> N
         _run(Settings(), start_servers=False, http=False)
 
 
-def _with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:
-    settings = Settings()
-    configure_logging("warning")
-
-    async def run(urls: ServerUrls) -> T:
-        engine = await start_engine(settings, urls.database_url, urls.nats_url, None)
-        try:
-            return await work(engine)
-        finally:
-            await engine.close()
-
-    try:
-        with server_urls(settings) as urls:
-            return asyncio.run(run(urls))
-    except StackAlreadyRunning as error:
-        raise fail(str(error)) from None
-    except EmbeddedStackError as error:
-        raise fail(f"the embedded servers did not start: {error}") from None
-
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
-
-
-def _emit(data: object, as_json: bool, human: str) -> None:
-    if as_json:
-        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        out.print(human)
-
-
-@workspaces_app.command("create")
-def workspaces_create(
-    name: str,
-    region: Annotated[str, typer.Option(help="default phone region (ISO 3166)")] = "US",
-    as_json: JsonFlag = False,
-) -> None:
-    """Create a workspace."""
-    if len(region) != 2 or not region.isalpha() or not region.isupper():
-        raise fail("--region must be a two-letter upper-case ISO 3166 code such as US or GB")
-    try:
-        created = _with_engine(lambda e: commands.create_workspace(e.store, name, region))
-    except InvalidName as error:
-        raise fail(str(error)) from None
-    _emit(
-        {"id": str(created.id), "name": name.strip(), "position": created.position},
-        as_json,
-        f"created workspace [bold]{name.strip()}[/] {created.id}",
-    )
-
-
-@workspaces_app.command("list")
-def workspaces_list(as_json: JsonFlag = False) -> None:
-    """List every workspace."""
-    views = _with_engine(lambda e: commands.list_workspaces(e.store))
-    if as_json:
-        _emit(
-            [{"id": str(v.id), "name": v.name, "defaultRegion": v.default_region} for v in views],
-            True,
-            "",
-        )
-        return
-    table = Table("id", "name", "region")
-    for view in views:
-        table.add_row(str(view.id), view.name, view.default_region)
-    out.print(table)
-
-
-@tokens_app.command("create")
-def tokens_create(
-    workspace: Annotated[UUID, typer.Option(help="the workspace id")],
-    role: Annotated[Role, typer.Option(help="the token's role")],
-    name: Annotated[str, typer.Option(help="a label for the token")] = "api",
-    as_json: JsonFlag = False,
-) -> None:
-    """Issue an API token; its secret is shown this once."""
-    try:
-        issued = _with_engine(lambda e: commands.issue_token(e.store, workspace, role, name))
-    except commands.WorkspaceNotFound as error:
-        raise fail(str(error)) from None
-    except InvalidName as error:
-        raise fail(str(error)) from None
-    _emit(
-        {"id": str(issued.id), "token": issued.token, "workspaceId": str(workspace), "role": role},
-        as_json,
-        f"token {issued.id} ({role}) for workspace {workspace}:\n{issued.token}",
-    )
-
-
-@tokens_app.command("revoke")
-def tokens_revoke(
-    token_id: UUID,
-    workspace: Annotated[UUID, typer.Option(help="the workspace id")],
-) -> None:
-    """Revoke an API token at once."""
-    try:
-        _with_engine(lambda e: commands.revoke_token(e.store, workspace, token_id))
-    except commands.TokenNotFound as error:
-        raise fail(str(error)) from None
-    out.print(f"revoked token {token_id}")
-
-
-@app.command()
-def status(as_json: JsonFlag = False) -> None:
-    """Each consumer's position, lag (events and seconds) and last error; the NATS backlog."""
-
-    report = _with_engine(engine_status)
-    if as_json:
-        _emit(report, True, "")
-        return
-    out.print(f"log head: position {report['head']}")
-    table = Table("consumer", "position", "lag (events)", "lag (s)", "last error")
-    consumers = report["consumers"]
-    assert isinstance(consumers, list)
-    for consumer in consumers:
-        table.add_row(
-            consumer["name"],
-            str(consumer["position"]),
-            str(consumer["lagEvents"]),
-            str(consumer["lagSeconds"]),
-            Text(consumer["lastError"] or "", style="red"),
-        )
-    out.print(table if consumers else "no consumers have recorded a position yet")
-    backlog = report["natsIntake"]
-    if isinstance(backlog, dict):
-        out.print(
-            f"NATS intake: {backlog['pending']} waiting, {backlog['ackPending']} in progress, "
-            f"{backlog['redelivered']} redelivered"
-        )
-    deliveries = report.get("deliveries")
-    if isinstance(deliveries, dict):
-        out.print(
-            f"deliveries: {deliveries['pending']} pending (oldest due "
-            f"{deliveries['oldestPendingSeconds']} s ago), {deliveries['failed']} failed, "
-            f"{deliveries['disabled']} disabled, {deliveries['succeeded']} succeeded"
-        )
-
-
-def _register_subcommands() -> None:
-    # Imported here: these modules import helpers from this one.
-    from gateways.cli_deliveries import deliveries_app  # noqa: PLC0415
-    from gateways.cli_import import import_command  # noqa: PLC0415
-    from gateways.cli_intake import intake_app  # noqa: PLC0415
-    from gateways.cli_ops import register as register_ops  # noqa: PLC0415
-
-    app.command("import")(import_command)
-    app.add_typer(intake_app, name="intake")
-    app.add_typer(deliveries_app, name="deliveries")
-    register_ops(app)
-
-
-_register_subcommands()
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(serve)

@@ -53,3 +53,22 @@ def scoped_workspace(caller: Principal, workspace_id: UUID) -> UUID:
     if caller.is_operator or caller.workspace_id == workspace_id:
         return workspace_id
     raise ApiError(404, "not_found", f"workspace {workspace_id} does not exist")
+
+
+def workspace_of(caller: Principal, request: Request) -> UUID:
+    """A token's own workspace; the operator names one with X-Workspace-Id."""
+    if caller.workspace_id is not None:
+        return caller.workspace_id
+    header = request.headers.get("x-workspace-id")
+    if not header:
+        raise ApiError(
+            400, "workspace_required", "the operator must name a workspace in X-Workspace-Id"
+        )
+    try:
+        return UUID(header)
+    except ValueError:
+        raise ApiError(400, "bad_request", "X-Workspace-Id is not a UUID") from None
+
+
+def actor_of(caller: Principal) -> str:
+    return f"token:{caller.token_id}" if caller.token_id else "operator"

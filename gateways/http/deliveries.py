@@ -8,15 +8,14 @@ from uuid import UUID
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request
 
+from domain.base import LoggedEvent
 from domain.deliveries import Delivery, DeliveryKind, DeliveryState, InvalidRedelivery
 from domain.workspaces import Permission
 from gateways.bootstrap import Engine
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
-from gateways.http.leads import actor_of, workspace_of
 from gateways.http.timeline import await_view
 from handlers.deliveries import DeliveryNotFound, get_delivery, request_redelivery
-from handlers.ports import LoggedEvent
 from handlers.workspaces import Principal
 from projections.deliveries import DeliveriesView
 

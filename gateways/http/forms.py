@@ -26,12 +26,12 @@ from domain.forms import (
 )
 from domain.leads import WireModel
 from domain.workspaces import Permission
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import engine_of, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
-from gateways.http.leads import workspace_of
-from gateways.http.payloads import is_form, parse_form, validation_error
+from gateways.http.payloads import parse_form, validation_error
 from handlers import forms as commands
 from handlers.forms import FormNotFound, form_by_key, new_submission_token, submit_form
+from handlers.payloads import is_form
 from handlers.workspaces import Principal
 
 log = structlog.get_logger("leadlog.forms")

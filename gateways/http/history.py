@@ -22,10 +22,9 @@ from domain.base import Aggregate
 from domain.leads import Lead
 from domain.workspaces import Permission
 from gateways.bootstrap import Engine
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
 from gateways.http.lead_json import lead_json
-from gateways.http.leads import workspace_of
 from gateways.http.timeline import pipeline_names
 from handlers.workspaces import Principal
 from projections.timeline import (

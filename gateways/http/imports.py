@@ -11,10 +11,10 @@ from starlette.requests import ClientDisconnect
 
 from domain.csv_mapping import MappingError, Target, parse_mapping
 from domain.workspaces import Permission
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
-from gateways.http.leads import actor_of, idempotency_key, workspace_of
 from gateways.http.middleware import IMPORT_PATH, BodyTooLarge
+from gateways.http.payloads import idempotency_key
 from handlers.imports import CsvImport, ImportInterrupted, ImportRefused
 from handlers.workspaces import Principal
 

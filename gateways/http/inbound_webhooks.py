@@ -12,14 +12,12 @@ from pydantic.alias_generators import to_camel
 from domain.leads import MissingName
 from domain.mapping import InvalidFieldMapping, SourceFormat, UnusablePayload
 from domain.workspaces import Permission
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import engine_of, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
 from gateways.http.lead_json import receipt_json
-from gateways.http.leads import idempotency_key, workspace_of
 from gateways.http.payloads import (
     check_shape,
-    is_form,
-    is_json,
+    idempotency_key,
     parse_form,
     parse_json_object,
     validation_error,
@@ -33,6 +31,7 @@ from handlers.inbound_webhooks import (
     WebhookView,
     WebhookWithKey,
 )
+from handlers.payloads import is_form, is_json
 from handlers.workspaces import Principal
 
 router = APIRouter(tags=["inbound webhooks"])

@@ -20,13 +20,13 @@ from domain.contacts import Contact
 from domain.leads import InvalidTransition, Lead, LeadPatch, Note
 from domain.milestones import InvalidStatuses, StatusDefinition
 from domain.workspaces import Permission
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
 from gateways.http.lead_json import lead_json
-from gateways.http.leads import actor_of, workspace_of
-from gateways.http.payloads import is_json, parse_json_object, validation_error
+from gateways.http.payloads import parse_json_object, validation_error
 from handlers import lead_commands as commands
 from handlers.lead_commands import BulkAction, Done, LeadNotFound, UnknownPartner
+from handlers.payloads import is_json
 from handlers.users import UnknownUser
 from handlers.workspaces import Principal
 

@@ -18,10 +18,9 @@ from pydantic.alias_generators import to_camel
 
 from domain.lead_types import Action, InvalidLeadType, LeadType, Referral, Webhook
 from domain.workspaces import InvalidName, Permission
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
 from gateways.http.lead_commands import done_json, run
-from gateways.http.leads import actor_of, workspace_of
 from gateways.http.payloads import validation_error
 from handlers import lead_types as commands
 from handlers.lead_types import LeadTypeNotFound, Saved

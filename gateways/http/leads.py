@@ -11,14 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from domain.customers import Customer
 from domain.leads import Lead, LeadDetails, MissingName, Source
 from domain.workspaces import Permission
-from gateways.http.auth import engine_of, requires
+from gateways.consumers.read_models import LeadFilter
+from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
 from gateways.http.lead_json import lead_json, receipt_json
-from gateways.http.payloads import is_json, parse_json_object, validation_error
+from gateways.http.payloads import idempotency_key, parse_json_object, validation_error
+from gateways.http.timeline import lead_timeline
 from gateways.http.views import await_position
-from gateways.read_models import LeadFilter
 from handlers import intake as commands
 from handlers.intake import Intake, UnknownCustomer
+from handlers.payloads import is_json
 from handlers.workspaces import Principal
 
 router = APIRouter(prefix="/v1", tags=["leads"])
@@ -26,40 +28,7 @@ router = APIRouter(prefix="/v1", tags=["leads"])
 Viewer = Annotated[Principal, Depends(requires(Permission.LEADS_VIEW))]
 Manager = Annotated[Principal, Depends(requires(Permission.LEADS_MANAGE))]
 
-MAX_IDEMPOTENCY_KEY = 255
 SortBy = Literal["createdAt", "updatedAt", "name", "requestId", "status"]
-
-
-def workspace_of(caller: Principal, request: Request) -> UUID:
-    """A token's own workspace; the operator names one with X-Workspace-Id."""
-    if caller.workspace_id is not None:
-        return caller.workspace_id
-    header = request.headers.get("x-workspace-id")
-    if not header:
-        raise ApiError(
-            400, "workspace_required", "the operator must name a workspace in X-Workspace-Id"
-        )
-    try:
-        return UUID(header)
-    except ValueError:
-        raise ApiError(400, "bad_request", "X-Workspace-Id is not a UUID") from None
-
-
-def actor_of(caller: Principal) -> str:
-    return f"token:{caller.token_id}" if caller.token_id else "operator"
-
-
-def idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise ApiError(
-            400,
-            "bad_idempotency_key",
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
-        )
-    return key
 
 
 def parse_details(data: dict[str, Any]) -> LeadDetails:
@@ -148,8 +117,6 @@ async def list_leads(
 async def get_lead(lead_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
     """One lead, current from its events: fields, custom fields with display names, tags,
     notes, milestones, and its ten most recent timeline entries."""
-    # The timeline module imports this one.
-    from gateways.http.timeline import lead_timeline  # noqa: PLC0415
 
     workspace_id = workspace_of(caller, request)
     lead = await engine_of(request).store.load(Lead, lead_id)

@@ -11,9 +11,8 @@ from pydantic.alias_generators import to_camel
 
 from domain.partners import Partner, PartnerDetails
 from domain.workspaces import Permission, Role
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
-from gateways.http.leads import actor_of, workspace_of
 from gateways.http.payloads import validation_error
 from handlers import partners as commands
 from handlers.partners import PartnerNotFound

@@ -1,93 +1,43 @@
-"""Turning request bodies into plain data, refusing what no channel should accept."""
+"""Request bodies and headers as the routes read them; refusals become 4xx `ApiError`s."""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl
 
-import orjson
+from fastapi import Request
 from pydantic import ValidationError
 
 from gateways.http.errors import ApiError
-
-MAX_DEPTH = 32
-MAX_FIELDS = 500
-
-
-def _media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
+from handlers import payloads
+from handlers.payloads import BodyRefused
 
 
-def is_json(content_type: str | None) -> bool:
-    media = _media_type(content_type)
-    return media == "application/json" or media.endswith("+json")
-
-
-def is_form(content_type: str | None) -> bool:
-    return _media_type(content_type) == "application/x-www-form-urlencoded"
-
-
-def _text(body: bytes) -> str:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ApiError(
-            400, "invalid_utf8", "the body is not valid UTF-8", {"offset": error.start}
-        ) from None
-
-
-def check_shape(data: Any) -> None:
-    """At most MAX_DEPTH levels of nesting and MAX_FIELDS object fields in all."""
-    fields = 0
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ApiError(422, "too_deep", f"the body nests deeper than {MAX_DEPTH} levels")
-        if isinstance(value, dict):
-            fields += len(value)
-            if fields > MAX_FIELDS:
-                raise ApiError(
-                    422, "too_many_fields", f"the body has more than {MAX_FIELDS} fields"
-                )
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
+def _api_error(error: BodyRefused) -> ApiError:
+    return ApiError(error.status, error.code, error.message, error.details)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """A JSON object within the limits, or a 4xx saying what is wrong."""
-    _text(body)
-    if not body.strip():
-        raise ApiError(400, "empty_body", "the body is empty; send a JSON object")
+    """A JSON object within the limits, or the 4xx saying what is wrong."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        kind = "an array" if isinstance(data, list) else "a scalar"
-        raise ApiError(422, "not_an_object", f"the body must be a JSON object, not {kind}")
-    check_shape(data)
-    return data
+        return payloads.parse_json_object(body)
+    except BodyRefused as error:
+        raise _api_error(error) from None
+
+
+def check_shape(data: Any) -> None:
+    """At most `MAX_DEPTH` levels and `MAX_FIELDS` fields, or the 422 saying which."""
+    try:
+        payloads.check_shape(data)
+    except BodyRefused as error:
+        raise _api_error(error) from None
 
 
 def parse_form(body: bytes) -> dict[str, Any]:
-    """An x-www-form-urlencoded body; a repeated key keeps all its values as a list."""
-    text = _text(body)
+    """An x-www-form-urlencoded body within the limits, or the 4xx saying what is wrong."""
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS)
-    except ValueError:
-        raise ApiError(
-            422, "too_many_fields", f"the body has more than {MAX_FIELDS} fields"
-        ) from None
-    data: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in data:
-            existing = data[key]
-            data[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
-        else:
-            data[key] = value
-    return data
+        return payloads.parse_form(body)
+    except BodyRefused as error:
+        raise _api_error(error) from None
 
 
 def validation_error(error: ValidationError) -> ApiError:
@@ -101,3 +51,19 @@ def validation_error(error: ValidationError) -> ApiError:
             for e in error.errors(include_url=False, include_input=False)
         ],
     )
+
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key(request: Request) -> str | None:
+    key: str | None = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise ApiError(
+            400,
+            "bad_idempotency_key",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
+        )
+    return key

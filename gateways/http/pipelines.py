@@ -14,11 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from domain.pipelines import InvalidPipeline, Pipeline, Stage, StageType
 from domain.workspaces import Permission, Workspace
-from gateways.http.auth import engine_of, requires
+from gateways.consumers.read_models import LeadFilter, LeadsInStagesView
+from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
-from gateways.http.leads import actor_of, workspace_of
 from gateways.http.views import await_position
-from gateways.read_models import LeadFilter, LeadsInStagesView
 from handlers import pipelines as commands
 from handlers.pipelines import PipelineNotFound
 from handlers.workspaces import Principal

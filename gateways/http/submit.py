@@ -11,12 +11,13 @@ from fastapi import APIRouter, Depends, Request
 from domain.leads import MissingName, Source
 from domain.submissions import Submission
 from domain.workspaces import Permission
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
 from gateways.http.lead_json import receipt_json
-from gateways.http.leads import actor_of, idempotency_key, parse_details, workspace_of
-from gateways.http.payloads import is_json, parse_json_object
+from gateways.http.leads import parse_details
+from gateways.http.payloads import idempotency_key, parse_json_object
 from handlers.intake import Intake, UnknownCustomer
+from handlers.payloads import is_json
 from handlers.ports import EventStore
 from handlers.workspaces import Principal
 

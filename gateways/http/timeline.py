@@ -13,9 +13,8 @@ from domain.leads import Lead
 from domain.pipelines import Pipeline
 from domain.workspaces import Permission
 from gateways.bootstrap import Engine
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
-from gateways.http.leads import workspace_of
 from gateways.http.views import MAX_WAIT
 from handlers.workspaces import Principal
 from projections.submissions import SubmissionsView

@@ -12,9 +12,8 @@ from pydantic.alias_generators import to_camel
 
 from domain.users import MAX_MEMBERS, InvalidUser, User, UserGroup
 from domain.workspaces import Permission
-from gateways.http.auth import engine_of, requires
+from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
-from gateways.http.leads import actor_of, workspace_of
 from handlers import users as commands
 from handlers.users import GroupNotFound, InvalidMembers, Taken, UserNotFound
 from handlers.workspaces import Principal
