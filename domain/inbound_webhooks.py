@@ -9,7 +9,8 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from domain.base import Aggregate
-from domain.mapping import SourceFormat, clean_field_mapping
+from domain.mapping import clean_field_mapping
+from domain.source_formats import SourceFormat
 from domain.workspaces import clean_name
 
 

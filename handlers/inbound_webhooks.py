@@ -14,7 +14,8 @@ from uuid import UUID
 
 from domain.inbound_webhooks import InboundWebhook, webhook_key
 from domain.leads import Source
-from domain.mapping import SourceFormat, map_payload
+from domain.mapping import map_payload
+from domain.source_formats import SourceFormat
 from domain.workspaces import Workspace
 from handlers.intake import Intake, LeadIntake, Receipt
 from handlers.ports import Append, Claim, EventStore

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from domain.leads import MissingName
-from domain.mapping import InvalidFieldMapping, SourceFormat, UnusablePayload
+from domain.mapping import InvalidFieldMapping
+from domain.payload_fields import UnusablePayload
+from domain.source_formats import SourceFormat
 from domain.workspaces import Permission
 from gateways.http.auth import engine_of, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse

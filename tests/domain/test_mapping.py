@@ -8,16 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from domain.mapping import (
-    InvalidFieldMapping,
-    SourceFormat,
-    UnusablePayload,
-    camel_case,
-    clean_field_mapping,
-    detect_format,
-    map_payload,
-    normalise_key,
-)
+from domain.mapping import InvalidFieldMapping, clean_field_mapping, map_payload
+from domain.payload_fields import UnusablePayload, camel_case, normalise_key
+from domain.source_formats import SourceFormat, detect_format
 
 # ---- sample payloads, shaped after each provider's public documentation ---------------------
 
