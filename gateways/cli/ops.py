@@ -23,7 +23,7 @@ from rich.text import Text
 from gateways.bootstrap import PROJECTIONS, Engine
 from gateways.cli.common import JsonFlag, emit, err, fail, out, with_engine
 from gateways.consumers.audit import WAIT, AuditReport, ProjectionAudit, verify
-from gateways.consumers.projector import ProjectionFailed
+from gateways.consumers.consumer_state import ProjectionFailed
 from gateways.consumers.rebuild import SHOWN_KEYS, RebuildError, RebuildResult, find, rebuild
 from gateways.http.history import Cut, HistoryError, lead_history, parse_time, resolve_lead
 from gateways.status import engine_status

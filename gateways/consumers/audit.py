@@ -55,7 +55,8 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from gateways.consumers.projector import Projector, live_consumer
+from gateways.consumers.consumer_state import live_consumer
+from gateways.consumers.projector import Projector
 from gateways.consumers.rebuild import SHOWN_KEYS, TableDiff, apply_range, compare_tables
 from projections.base import Projection, Tables
 

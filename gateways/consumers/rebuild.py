@@ -1,5 +1,5 @@
-"""Blue/green rebuilds of a projection (DESIGN.md §3.8): fill the next version's tables from
-position 0 beside the live ones, then swap them in atomically.
+"""Blue/green rebuilds of a projection (decision 8 in docs/architecture.md): fill the next
+version's tables from position 0 beside the live ones, then swap them in atomically.
 
 The live tables keep serving and keep being fed by their runner (in whichever process runs
 it) for the whole build. Readers query the view named after each logical table (`leads`),
@@ -43,12 +43,8 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from gateways.consumers.projector import (
-    ConnectionDb,
-    Projector,
-    consumer_lock_key,
-    live_consumer,
-)
+from gateways.consumers.consumer_state import ConnectionDb, consumer_lock_key, live_consumer
+from gateways.consumers.projector import Projector
 from gateways.postgres.log_store import Record
 from projections.base import Projection, Tables
 

@@ -22,7 +22,7 @@ from domain.deliveries import Delivery, DeliveryKind, DeliveryState, Outcome
 from domain.lead_types import LeadType
 from domain.signing import webhook_headers
 from gateways.bootstrap import Engine
-from gateways.consumers.projector import live_consumer
+from gateways.consumers.consumer_state import live_consumer
 from gateways.metrics import Metrics
 from gateways.outbound.smtp_sender import SmtpSender
 from gateways.outbound.webhook_sender import WebhookSender, encode_body

@@ -13,7 +13,8 @@ import pytest
 
 from domain.base import LoggedEvent
 from domain.workspaces import Role, Workspace
-from gateways.consumers.projector import ProjectionFailed, Projector, State, live_consumer
+from gateways.consumers.consumer_state import ProjectionFailed, State, live_consumer
+from gateways.consumers.projector import Projector
 from gateways.postgres.database import open_pool
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from gateways.bootstrap import Engine
-from gateways.consumers.projector import Projector, State
+from gateways.consumers.consumer_state import State
+from gateways.consumers.projector import Projector
 from gateways.consumers.rebuild import RebuildError, rebuild
 from gateways.settings import Settings
 from projections.leads import LeadList
