@@ -1,1 +1,1 @@
-"""`make bench`: throughput and latency figures against the DESIGN.md budgets."""
+"""`make bench`: throughput and latency figures against the budgets of docs/architecture.md."""

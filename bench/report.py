@@ -1,4 +1,4 @@
-"""Collects benchmark figures and prints them against the DESIGN.md §5 budgets."""
+"""Collects benchmark figures and prints them against the budgets of docs/architecture.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Configuration from the environment (LEADLOG_*), per DESIGN.md §4."""
+"""Configuration from the environment (LEADLOG_*), as docs/architecture.md names them."""
 
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ def lead_facts(lead: Lead) -> dict[str, Any]:
 
 
 def lead_payload(lead: Lead, lead_type: LeadType | None, users: dict[UUID, User]) -> dict[str, Any]:
-    """The lead as an outbound webhook shows it (wire names of DESIGN.md §4)."""
+    """The lead as an outbound webhook shows it (wire names in docs/architecture.md)."""
     d = lead.details
     assignee_id = _uuid(lead.assigned_to)
     assignee = users.get(assignee_id) if assignee_id else None

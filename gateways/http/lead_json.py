@@ -1,4 +1,4 @@
-"""Leads and receipts as JSON, in the wire names of DESIGN.md §4."""
+"""Leads and receipts as JSON, in the wire names in docs/architecture.md."""
 
 from __future__ import annotations
 
