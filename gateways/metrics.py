@@ -2,11 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from handlers.intake import Intake, LeadIntake, Receipt
+
+
+class LoggedLeads(Collector):
+    """Leads received and flagged duplicate, by channel, as the log says (through the leads
+    view) at the last scrape: every process's intake counts, the CLI's imports included,
+    and a restart does not reset them."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, int] = {}
+        self.duplicates: dict[str, int] = {}
+
+    def set(self, received: Mapping[str, int], duplicates: Mapping[str, int]) -> None:
+        self.received = dict(received)
+        self.duplicates = dict(duplicates)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        received = CounterMetricFamily(
+            "leadlog_leads_received", "Leads received, by channel (from the log)", labels=["source"]
+        )
+        for source, value in sorted(self.received.items()):
+            received.add_metric([source], value)
+        duplicates = CounterMetricFamily(
+            "leadlog_leads_duplicate",
+            "Leads received flagged duplicate, by channel (from the log)",
+            labels=["source"],
+        )
+        for source, value in sorted(self.duplicates.items()):
+            duplicates.add_metric([source], value)
+        yield received
+        yield duplicates
 
 
 @dataclass
@@ -17,15 +50,11 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.received = Counter(
-            "leadlog_leads_received", "Leads received, by channel", ["source"], registry=r
-        )
-        self.duplicates = Counter(
-            "leadlog_leads_duplicate", "Leads received flagged duplicate", ["source"], registry=r
-        )
+        self.leads = LoggedLeads()
+        r.register(self.leads)
         self.replayed = Counter(
             "leadlog_leads_replayed",
-            "Retried submissions answered with the first result",
+            "Retried submissions answered with the first result (by this process)",
             ["source"],
             registry=r,
         )
@@ -50,6 +79,15 @@ class Metrics:
             "Unresolved errors a consumer stopped at",
             ["consumer"],
             registry=r,
+        )
+        self.consumer_stopped = Gauge(
+            "leadlog_consumer_stopped",
+            "1 while a consumer is stopped (failed at an event, crashed, or needs a rebuild)",
+            ["consumer"],
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "leadlog_database_up", "1 when PostgreSQL answered the last scrape", registry=r
         )
         self.intake_pending = Gauge(
             "leadlog_nats_intake_pending", "NATS intake messages not yet processed", registry=r
@@ -77,7 +115,8 @@ class Metrics:
 
 
 class MeteredIntake(LeadIntake):
-    """The intake, counting what each channel brings in."""
+    """The intake, counting retries answered with the first result (nothing is logged for
+    those; what is received comes from the log, see `LoggedLeads`)."""
 
     def __init__(self, intake: LeadIntake, metrics: Metrics) -> None:
         super().__init__(intake.store)
@@ -85,11 +124,6 @@ class MeteredIntake(LeadIntake):
 
     async def receive(self, intake: Intake) -> Receipt:
         receipt = await super().receive(intake)
-        source = str(intake.source)
         if receipt.replayed:
-            self.metrics.replayed.labels(source).inc()
-        else:
-            self.metrics.received.labels(source).inc()
-            if receipt.is_duplicate:
-                self.metrics.duplicates.labels(source).inc()
+            self.metrics.replayed.labels(str(intake.source)).inc()
         return receipt

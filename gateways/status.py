@@ -9,11 +9,23 @@ from gateways.nats.intake import DURABLE, stream_name
 
 
 async def engine_status(engine: Engine) -> dict[str, object]:
-    """The log head, each consumer (from `tracking` and `consumer_errors`), NATS backlog."""
+    """The log head, each consumer (from `tracking` and `consumer_errors`, plus the
+    projections this process holds stopped), NATS backlog, deliveries.
+
+    A consumer is `stopped` while it has an unresolved error (it failed at an event, or
+    crashed, in any process) or this process holds it failed: it will not catch up by
+    itself, unlike one that is only behind. Lag counts events after the consumer's
+    checkpoint; consumers move it past events they do not read (lazily, within about a
+    second), so an idle consumer shows none.
+    """
     head = await engine.store.max_position()
     rows = await engine.pool.fetch(
         """
-        SELECT t.consumer, t.position, t.updated_at,
+        WITH names AS (
+            SELECT consumer FROM tracking
+            UNION SELECT consumer FROM consumer_errors WHERE resolved_at IS NULL
+        )
+        SELECT n.consumer, coalesce(t.position, 0) AS position, t.updated_at,
                extract(epoch FROM (SELECT max(recorded_at) FROM events)
                                  - coalesce((SELECT recorded_at FROM events
                                               WHERE position = t.position), 'epoch'))
@@ -21,30 +33,62 @@ async def engine_status(engine: Engine) -> dict[str, object]:
                (SELECT e.error || ' (at position ' || e.position || ', '
                                || coalesce(e.event_type, '?') || ')'
                   FROM consumer_errors e
-                 WHERE e.consumer = t.consumer AND e.resolved_at IS NULL
+                 WHERE e.consumer = n.consumer AND e.resolved_at IS NULL
                  ORDER BY e.position LIMIT 1) AS error
-          FROM tracking t ORDER BY t.consumer
+          FROM names n LEFT JOIN tracking t ON t.consumer = n.consumer
+         ORDER BY n.consumer
         """
     )
-    consumers = [
-        {
-            "name": row["consumer"],
-            "position": row["position"],
-            "lagEvents": max(head - row["position"], 0),
-            "lagSeconds": round(max(float(row["lag_seconds"] or 0), 0.0), 3)
-            if head > row["position"]
-            else 0.0,
-            "lastError": row["error"],
-            "updatedAt": row["updated_at"].isoformat(),
-        }
-        for row in rows
-    ]
+    held = engine.projector.stopped()
+    consumers: list[dict[str, object]] = []
+    for row in rows:
+        name = row["consumer"]
+        error = row["error"] or held.pop(name, None)
+        held.pop(name, None)
+        consumers.append(_consumer(name, row["position"], head, row, error))
+    for name, error in held.items():
+        consumers.append(_consumer(name, 0, head, None, error))
+    consumers.sort(key=lambda c: str(c["name"]))
     return {
         "head": head,
         "consumers": consumers,
+        "stopped": {str(c["name"]): c["lastError"] for c in consumers if c["stopped"]},
         "natsIntake": await intake_backlog(engine),
         "deliveries": await delivery_backlog(engine),
     }
+
+
+def _consumer(
+    name: str, position: int, head: int, row: asyncpg.Record | None, error: str | None
+) -> dict[str, object]:
+    lag_seconds = float(row["lag_seconds"] or 0) if row is not None else 0.0
+    updated_at = row["updated_at"] if row is not None else None
+    return {
+        "name": name,
+        "position": position,
+        "lagEvents": max(head - position, 0),
+        "lagSeconds": round(max(lag_seconds, 0.0), 3) if head > position else 0.0,
+        "stopped": error is not None,
+        "lastError": error,
+        "updatedAt": updated_at.isoformat() if updated_at is not None else None,
+    }
+
+
+async def stopped_consumers(engine: Engine) -> dict[str, str]:
+    """Consumers that will not catch up by themselves, with why (see `engine_status`)."""
+    stopped = engine.projector.stopped()
+    rows = await engine.pool.fetch(
+        """
+        SELECT DISTINCT ON (consumer) consumer,
+               error || ' (at position ' || position || ', '
+                     || coalesce(event_type, '?') || ')' AS error
+          FROM consumer_errors WHERE resolved_at IS NULL
+         ORDER BY consumer, position
+        """
+    )
+    for row in rows:
+        stopped.setdefault(row["consumer"], row["error"])
+    return dict(sorted(stopped.items()))
 
 
 async def delivery_backlog(engine: Engine) -> dict[str, object] | None:
@@ -90,7 +134,8 @@ async def intake_backlog(engine: Engine) -> dict[str, int] | None:
 
 
 async def refresh_metrics(engine: Engine) -> None:
-    """Set the metrics read at scrape time from the status above."""
+    """Set the metrics read at scrape time from the status above, and the lead counts from
+    the log (the leads view), so every process's intake (the CLI's too) is counted."""
     report = await engine_status(engine)
     metrics = engine.metrics
     head = report["head"]
@@ -103,6 +148,24 @@ async def refresh_metrics(engine: Engine) -> None:
         metrics.lag_events.labels(name).set(consumer["lagEvents"])
         metrics.lag_seconds.labels(name).set(consumer["lagSeconds"])
         metrics.consumer_errors.labels(name).set(1 if consumer["lastError"] else 0)
+        metrics.consumer_stopped.labels(name).set(1 if consumer["stopped"] else 0)
     backlog = report["natsIntake"]
     if isinstance(backlog, dict):
         metrics.intake_pending.set(backlog["pending"])
+    await _count_leads(engine)
+
+
+async def _count_leads(engine: Engine) -> None:
+    try:
+        rows = await engine.pool.fetch(
+            """
+            SELECT source, count(*) AS received, count(*) FILTER (WHERE is_duplicate) AS dups
+              FROM leads GROUP BY source
+            """
+        )
+    except asyncpg.UndefinedTableError:
+        return
+    engine.metrics.leads.set(
+        {row["source"]: int(row["received"]) for row in rows},
+        {row["source"]: int(row["dups"]) for row in rows},
+    )

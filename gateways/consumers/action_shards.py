@@ -10,8 +10,10 @@ once per batch. The shard count is fixed: changing it would start new consumers 
 Two processes may run the same shard (`serve workers` twice): whichever appends a trigger's
 decision first wins, the other's append fails on the checkpoint and it moves on from there.
 
-A failing event is recorded in `consumer_errors` and tried again with a growing pause
-(the database may be away); the shard never skips it on its own.
+A failing event is recorded in `consumer_errors` and tried again with a growing pause; the
+shard never skips it on its own. While the database is away a shard backs off and resumes
+from its checkpoint on a fresh connection (nothing is recorded: there is nowhere to). Past
+events no trigger reads, the checkpoint moves lazily, so an idle shard shows no lag.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import contextlib
 import structlog
 
 from domain.triggers import TRIGGERING_EVENT_TYPES
-from gateways.consumers.reactor import record_consumer_error
+from gateways.consumers.reactor import record_consumer_error, resolve_consumer_errors
+from gateways.postgres.errors import after_failure, describe, is_unavailable
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog, Record
 from handlers.actions import ActionRunner
@@ -33,6 +36,9 @@ log = structlog.get_logger(__name__)
 SHARDS = 4
 BATCH = 200
 MAX_CONFLICT_RETRIES = 20
+IDLE_FLUSH = 1.0
+MIN_BACKOFF = 0.1
+MAX_BACKOFF = 30.0
 
 
 def shard_of(record: Record, shards: int = SHARDS) -> int:
@@ -54,6 +60,7 @@ class ActionWorkers:
         self.runner = runner
         self.positions = [0] * SHARDS
         self.errors: list[str | None] = [None] * SHARDS
+        self.idle_flush = IDLE_FLUSH
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -75,32 +82,64 @@ class ActionWorkers:
 
     async def _run(self, shard: int) -> None:
         consumer = consumer_name(shard)
-        position = await self.log.max_tracking_id(consumer) or 0
         types = sorted(TRIGGERING_EVENT_TYPES)
-        pause = 0.5
+        loop = asyncio.get_running_loop()
+        pause = MIN_BACKOFF
+        loaded = False
+        position = persisted = 0
+        last_commit = loop.time()
         while not self._stopping:
             generation = self.log.generation
             try:
-                records = await self.log.read(position, BATCH, event_types=types)
-                if not records:
-                    await self.log.wait_for_commit(generation, self.log.poll_interval)
-                    continue
-                recovering = self.errors[shard] is not None
-                position = await self._handle_batch(shard, consumer, position, records)
-                if recovering:
-                    await self._resolve_errors(consumer, position)
+                if not loaded:
+                    position = persisted = await self.log.max_tracking_id(consumer) or 0
+                    last_commit = loop.time()
+                    loaded = True
+                head = await self.log.max_position()
+                records = await self.log.read(position, BATCH, stop=head, event_types=types)
+                if records:
+                    recovering = self.errors[shard] is not None
+                    position = persisted = await self._handle_batch(
+                        shard, consumer, position, records
+                    )
+                    last_commit = loop.time()
+                    if recovering:
+                        await self._resolve_errors(consumer, position)
+                if len(records) < BATCH:
+                    # Positions become visible in order (the append lock): no triggering
+                    # event can still appear at or below `head`, so the shard is there.
+                    position = max(position, head)
+                self.positions[shard] = position
                 self.errors[shard] = None
-                pause = 0.5
+                pause = MIN_BACKOFF
+                if records:
+                    continue
+                if position > persisted and loop.time() - last_commit >= self.idle_flush:
+                    # Lazily, past events this shard does not act on: no lag while idle.
+                    await self.store.append(Append(None, checkpoint=Checkpoint(consumer, position)))
+                    persisted = position
+                    last_commit = loop.time()
+                    continue
+                await self.log.wait_for_commit(
+                    generation, min(self.log.poll_interval, self.idle_flush)
+                )
             except asyncio.CancelledError:
                 raise
+            except TrackingConflict:
+                loaded = False  # another process runs this shard too: carry on from its place
             except Exception as error:
-                self.errors[shard] = f"after {position}: {error!r}"
-                log.error("action shard retrying", consumer=consumer, error=self.errors[shard])
+                transient = await after_failure(self.log.pool, error)
+                self.errors[shard] = f"after {position}: {describe(error)}"
+                log.error(
+                    "action shard retrying",
+                    consumer=consumer,
+                    error=self.errors[shard],
+                    database_unavailable=transient,
+                )
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, 30.0)
-                with contextlib.suppress(Exception):
-                    # Resume from what was committed: part of the batch may have been.
-                    position = await self.log.max_tracking_id(consumer) or 0
+                pause = min(pause * 2, MAX_BACKOFF)
+                # Resume from what was committed: part of the batch may have been.
+                loaded = False
 
     async def _handle_batch(
         self, shard: int, consumer: str, position: int, records: list[Record]
@@ -114,10 +153,11 @@ class ActionWorkers:
                 wrote = await self._handle(consumer, record)
             except TrackingConflict:
                 # Another process runs this shard too and got here first: what it decided
-                # stands; carry on from where it has got to.
-                return await self.log.max_tracking_id(consumer) or 0
+                # stands; the loop carries on from where it has got to.
+                raise
             except Exception as error:
-                await self._record_error(consumer, record, error)
+                if not is_unavailable(error):
+                    await self._record_error(consumer, record, error)
                 if checkpointed < position:
                     with contextlib.suppress(TrackingConflict):
                         await self._checkpoint(record, consumer, position)
@@ -128,10 +168,7 @@ class ActionWorkers:
             self.positions[shard] = position
         last = records[-1].position
         if last > checkpointed:
-            try:
-                await self._checkpoint(records[-1], consumer, last)
-            except TrackingConflict:
-                return await self.log.max_tracking_id(consumer) or 0
+            await self._checkpoint(records[-1], consumer, last)
         self.positions[shard] = last
         return last
 
@@ -156,15 +193,7 @@ class ActionWorkers:
         )
 
     async def _resolve_errors(self, consumer: str, position: int) -> None:
-        async with self.log.pool.acquire() as conn:
-            await conn.execute(
-                """
-                UPDATE consumer_errors SET resolved_at = now(), resolution = 'retried'
-                 WHERE consumer = $1 AND resolved_at IS NULL AND position <= $2
-                """,
-                consumer,
-                position,
-            )
+        await resolve_consumer_errors(self.log.pool, consumer, position)
 
     async def _record_error(self, consumer: str, record: Record, error: Exception) -> None:
         await record_consumer_error(

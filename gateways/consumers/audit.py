@@ -27,8 +27,10 @@ mean stopping or writing to them):
 
 Each projection's report says at which position it was compared. A view whose runner is
 stopped, failing or not running anywhere stays behind H: it is compared where it is, and
-the report says how far behind that was (lag is not a difference; `leadlog status` says
-why). A view whose live tables were built by another version of its code than this one
+the report says how far behind that was (`leadlog status` says why). Such a view may match
+the log where it is (`matches`) but is not clean, and neither is the audit: a view that
+stopped for good must not pass.
+A view whose live tables were built by another version of its code than this one
 is not compared (rebuild it first), nor is one whose replay fails at an event; both make
 the audit unclean. An event an operator skipped in the live view is replayed here, so it
 shows as a difference when it yields rows.
@@ -58,6 +60,7 @@ from asyncpg.pool import PoolConnectionProxy
 from gateways.consumers.consumer_state import live_consumer
 from gateways.consumers.projector import Projector
 from gateways.consumers.rebuild import SHOWN_KEYS, TableDiff, apply_range, compare_tables
+from gateways.postgres.errors import connection_alive, is_unavailable
 from projections.base import Projection, Tables
 
 log = structlog.get_logger(__name__)
@@ -74,12 +77,6 @@ SETTLE_ATTEMPTS = 5
 
 AuditProgress = Callable[[str, int, int], None]
 """Called with (projection, position its scratch copy reached, position it is heading for)."""
-
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-)
 
 
 class _Backwards(Exception):
@@ -120,14 +117,22 @@ class ProjectionAudit:
         return max(self.head - self.position, 0) if self.compared else 0
 
     @property
-    def clean(self) -> bool:
+    def matches(self) -> bool:
+        """Compared, and the live view is what the log says at the position compared."""
         return self.compared and self.differences == 0
+
+    @property
+    def clean(self) -> bool:
+        """Matches, and was not behind the head: a view stuck behind (its runner stopped or
+        failing) is not clean even though what it holds is right."""
+        return self.matches and self.behind == 0
 
     def json(self) -> dict[str, Any]:
         return {
             "projection": self.name,
             "version": self.version,
             "compared": self.compared,
+            "matches": self.matches,
             "clean": self.clean,
             "position": self.position,
             "head": self.head,
@@ -158,14 +163,20 @@ class AuditReport:
 
     @property
     def clean(self) -> bool:
-        """Every view was compared and matches the log."""
+        """Every view was compared, matches the log, and had reached the head."""
         return all(p.clean for p in self.projections)
+
+    @property
+    def behind(self) -> dict[str, int]:
+        """Views compared behind the head (by how many positions): stopped or failing."""
+        return {p.name: p.behind for p in self.projections if p.behind}
 
     def json(self) -> dict[str, Any]:
         return {
             "clean": self.clean,
             "head": self.head,
             "differences": self.differences,
+            "behind": self.behind,
             "seconds": round(self.seconds, 3),
             "projections": [p.json() for p in self.projections],
         }
@@ -323,12 +334,12 @@ async def _audit(
             "not compared: the live checkpoint moved back while the audit ran; run it again"
         )
     except Exception as error:
-        if conn.is_closed() or isinstance(error, _CONNECTION_ERRORS):
+        if not connection_alive(conn) or is_unavailable(error):
             raise
         audit.note = f"not compared: the replay failed: {type(error).__name__}: {error}"
         log.exception("audit of a projection failed", projection=projection.name)
     finally:
-        if not conn.is_closed():
+        if connection_alive(conn):
             # Best effort: `_leave_scratch` drops whatever is left, or closes the session.
             with contextlib.suppress(Exception):
                 await _rollback_open(conn)

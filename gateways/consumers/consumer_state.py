@@ -15,19 +15,7 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
 from gateways.postgres.log_store import Connection
-
-# Errors of the database or the network, not of an event: retried with backoff, never
-# reported against the event that happened to be in flight.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.TransactionRollbackError,
-)
 
 
 def live_consumer(name: str) -> str:

@@ -27,7 +27,6 @@ import structlog
 
 from domain.base import LoggedEvent
 from gateways.consumers.consumer_state import (
-    TRANSIENT_ERRORS,
     ConnectionDb,
     ConsumerError,
     Signal,
@@ -36,6 +35,7 @@ from gateways.consumers.consumer_state import (
     describe_error,
 )
 from gateways.postgres.codec import EventDecodeError
+from gateways.postgres.errors import after_failure, connection_alive, is_unavailable
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog, Record
 from handlers.ports import Checkpoint, TrackingConflict
@@ -207,9 +207,13 @@ class Runner:
                     loaded = False
                     continue
                 except Exception as error:
-                    if not isinstance(error, (*TRANSIENT_ERRORS, asyncpg.InterfaceError)):
-                        self._crash(error)
+                    if not await after_failure(self.host.pool, error):
+                        await self._crash(error)
                         return
+                    # The database is away (or the connection was lost mid-read): back off,
+                    # then start again from the checkpoint on a fresh connection.
+                    _discard(self._prefetch)
+                    self._prefetch = None
                     self.state = State.RETRYING
                     self.retrying = describe_error(error)
                     log.warning(
@@ -247,6 +251,14 @@ class Runner:
 
     async def _load(self) -> None:
         async with self.host.pool.acquire() as conn:
+            # Started again: a crash recorded earlier (no event named) is behind us.
+            await conn.execute(
+                """
+                UPDATE consumer_errors SET resolved_at = now(), resolution = 'retried'
+                 WHERE consumer = $1 AND resolved_at IS NULL AND event_id IS NULL
+                """,
+                self.consumer,
+            )
             row = await conn.fetchrow(
                 """
                 SELECT (SELECT position FROM tracking WHERE consumer = $1),
@@ -380,7 +392,7 @@ class Runner:
                 try:
                     await self.projection.apply(ConnectionDb(conn), self.tables, events)
                 except Exception as error:
-                    if conn.is_closed() or isinstance(error, TRANSIENT_ERRORS):
+                    if not connection_alive(conn) or is_unavailable(error):
                         raise
                     raise _ApplyFailed(error) from error
             await host.log.record_checkpoint(conn, Checkpoint(self.consumer, upto))
@@ -470,12 +482,14 @@ class Runner:
         self.progress.fire()  # wakes `wait_for` callers: they will not get there now
         raise _Failed
 
-    def _crash(self, error: Exception) -> None:
-        """An error of the runtime itself, outside any one event: stop, say so, keep running
-        the other projections."""
+    async def _crash(self, error: Exception) -> None:
+        """An error of the runtime itself, outside any one event: stop, say so (in the log,
+        and in `consumer_errors` for `status`, `/healthz` and the metrics of every process),
+        keep running the other projections."""
         self.state = State.FAILED
+        text = f"crashed: {describe_error(error)}"
         self.error = ConsumerError(
-            self.consumer, self.position + 1, None, None, describe_error(error), datetime.now(UTC)
+            self.consumer, self.position + 1, None, None, text, datetime.now(UTC)
         )
         log.error(
             "projection crashed",
@@ -485,3 +499,19 @@ class Runner:
             exc_info=error,
         )
         self.progress.fire()
+        try:
+            async with self.host.pool.acquire() as conn:
+                await conn.execute(
+                    """
+                    INSERT INTO consumer_errors AS e (consumer, position, error)
+                    VALUES ($1, $2, $3)
+                    ON CONFLICT (consumer, position) WHERE resolved_at IS NULL DO UPDATE
+                       SET error = EXCLUDED.error, attempts = e.attempts + 1,
+                           last_seen_at = now()
+                    """,
+                    self.consumer,
+                    self.position + 1,
+                    text,
+                )
+        except Exception as again:  # still loud in this process's state and log
+            log.warning("projection crash not recorded", consumer=self.consumer, error=repr(again))

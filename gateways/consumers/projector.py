@@ -29,6 +29,7 @@ from gateways.consumers.consumer_state import (
     live_consumer,
 )
 from gateways.consumers.projection_runner import Runner
+from gateways.postgres.errors import connection_alive
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog
 from handlers.ports import Checkpoint
@@ -320,6 +321,25 @@ class Projector:
             )
         return statuses
 
+    def stopped(self) -> dict[str, str]:
+        """Projections this process holds stopped, by consumer, with why: failed at an
+        event, crashed, or waiting for a rebuild of their version."""
+        found: dict[str, str] = {}
+        for runner in self._runners.values():
+            if runner.state is State.FAILED:
+                error = runner.error
+                found[runner.consumer] = (
+                    f"{error.error} (at position {error.position}, {error.event_type or '?'})"
+                    if error is not None
+                    else "failed"
+                )
+            elif runner.state is State.NEEDS_REBUILD:
+                found[runner.consumer] = (
+                    f"needs a rebuild: the live tables are not of version "
+                    f"{runner.projection.version}"
+                )
+        return found
+
     def tables(self, name: str) -> Tables:
         """The live tables of a projection (read from the registry once started).
 
@@ -331,6 +351,11 @@ class Projector:
 
     def runs(self, name: str) -> bool:
         return name in self._runners
+
+    def waiting_for_rebuild(self) -> list[Projection]:
+        """The projections this process holds back because their live tables are of another
+        version than their code (an upgrade or a downgrade to settle by a rebuild)."""
+        return [r.projection for r in self._runners.values() if r.state is State.NEEDS_REBUILD]
 
     def adopt(self, name: str, tables: Tables, live_version: int) -> None:
         """A rebuild in this process swapped `name`'s live tables: serve and feed those.
@@ -411,11 +436,11 @@ class Projector:
         await self.wakeup.wait_past(generation, timeout)
 
     async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
+        if self._listener is not None and connection_alive(self._listener):
             return
         async with self._listener_lock:
             if self._listener is not None:
-                if not self._listener.is_closed():
+                if connection_alive(self._listener):
                     return
                 await self._release_listener()
             try:
@@ -440,7 +465,7 @@ class Projector:
         if listener is None:
             return
         with contextlib.suppress(Exception):
-            if not listener.is_closed():
+            if connection_alive(listener):
                 await listener.remove_listener(self.log.channel, self.wakeup.fire)
         with contextlib.suppress(Exception):
             await self.pool.release(listener)

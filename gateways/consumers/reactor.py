@@ -11,13 +11,18 @@ import asyncpg
 import structlog
 
 from domain.base import DomainEvent, LoggedEvent
+from gateways.postgres.errors import after_failure, describe, is_unavailable
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog
-from handlers.ports import Append, Checkpoint, ConcurrencyConflict
+from handlers.ports import Append, Checkpoint, ConcurrencyConflict, TrackingConflict
 
 log = structlog.get_logger(__name__)
 
 MAX_CONFLICT_RETRIES = 20
+BATCH = 100
+IDLE_FLUSH = 1.0
+MIN_BACKOFF = 0.1
+MAX_BACKOFF = 30.0
 
 
 class Reaction(Protocol):
@@ -30,17 +35,37 @@ class Reaction(Protocol):
 class Reactor:
     """One reaction's consumer. Its events and its checkpoint are appended together, so a
     reaction takes effect exactly once; a conflicting concurrent change makes it decide
-    again. A failing event stops it there (recorded in `consumer_errors`), never skipped."""
+    again.
+
+    It never stops by itself: while the database is away it backs off and resumes from its
+    checkpoint on a fresh connection; an event it cannot process is recorded in
+    `consumer_errors` (loud in `status`, `/healthz` and the metrics) and tried again with a
+    growing pause, never skipped. Past events of types it does not read, its checkpoint
+    moves lazily (at most `idle_flush` seconds late), so an idle reaction shows no lag.
+    """
 
     def __init__(
-        self, log_store: PostgresLog, store: PostgresEventStore, reaction: Reaction
+        self,
+        log_store: PostgresLog,
+        store: PostgresEventStore,
+        reaction: Reaction,
+        *,
+        idle_flush: float = IDLE_FLUSH,
+        min_backoff: float = MIN_BACKOFF,
+        max_backoff: float = MAX_BACKOFF,
     ) -> None:
         self.log = log_store
         self.store = store
         self.reaction = reaction
         self.consumer = f"reaction:{reaction.name}"
+        self.idle_flush = idle_flush
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
         self.position = 0
+        self.persisted = 0
         self.error: str | None = None
+        self._failing_at: int | None = None
+        self._last_commit = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -57,25 +82,77 @@ class Reactor:
             self._task = None
 
     async def _run(self) -> None:
-        self.position = await self.log.max_tracking_id(self.consumer) or 0
-        types = sorted(self.reaction.event_types)
+        loaded = False
+        backoff = self.min_backoff
         while not self._stopping:
-            generation = self.log.generation
-            records = await self.log.read(self.position, 100, event_types=types)
-            if not records:
-                await self.log.wait_for_commit(generation, self.log.poll_interval)
-                continue
-            for record in records:
-                try:
-                    await self._handle(self.store.logged(record))
-                except Exception as error:
-                    self.error = f"{record.event_type} at {record.position}: {error!r}"
-                    log.error("reaction stopped", consumer=self.consumer, error=self.error)
-                    await self._record_error(
-                        record.position, record.event_id, record.event_type, error
+            try:
+                if not loaded:
+                    await self._load()
+                    loaded = True
+                await self._step()
+                if self.error is not None:
+                    log.info("reaction recovered", consumer=self.consumer)
+                self.error = None
+                backoff = self.min_backoff
+            except asyncio.CancelledError:
+                raise
+            except TrackingConflict:
+                loaded = False  # another process got there first: carry on from its place
+            except Exception as error:
+                if await after_failure(self.log.pool, error):
+                    self.error = f"retrying: {describe(error)}"
+                    log.warning("reaction retrying", consumer=self.consumer, error=self.error)
+                else:
+                    log.error(
+                        "reaction failed; will retry", consumer=self.consumer, error=self.error
                     )
-                    return
-                self.position = record.position
+                loaded = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+
+    async def _load(self) -> None:
+        self.position = self.persisted = await self.log.max_tracking_id(self.consumer) or 0
+        self._last_commit = asyncio.get_running_loop().time()
+
+    async def _step(self) -> None:
+        generation = self.log.generation
+        head = await self.log.max_position()
+        records = await self.log.read(
+            self.position, BATCH, stop=head, event_types=sorted(self.reaction.event_types)
+        )
+        for record in records:
+            try:
+                await self._handle(self.store.logged(record))
+            except TrackingConflict:
+                raise
+            except Exception as error:
+                if is_unavailable(error):
+                    raise
+                self.error = f"{record.event_type} at {record.position}: {describe(error)}"
+                await self._record_error(record.position, record.event_id, record.event_type, error)
+                self._failing_at = record.position
+                raise
+            self.position = self.persisted = record.position
+            self._last_commit = asyncio.get_running_loop().time()
+            if self._failing_at is not None and record.position >= self._failing_at:
+                await resolve_consumer_errors(self.log.pool, self.consumer, record.position)
+                self._failing_at = None
+        if len(records) < BATCH:
+            # Positions become visible in order (the append lock): nothing this reaction
+            # reads can still appear at or below `head`.
+            self.position = max(self.position, head)
+        if records:
+            return
+        idle = asyncio.get_running_loop().time() - self._last_commit
+        if self.position > self.persisted and idle >= self.idle_flush:
+            await self._checkpoint(self.position)
+            return
+        await self.log.wait_for_commit(generation, min(self.log.poll_interval, self.idle_flush))
+
+    async def _checkpoint(self, position: int) -> None:
+        await self.store.append(Append(None, checkpoint=Checkpoint(self.consumer, position)))
+        self.persisted = position
+        self._last_commit = asyncio.get_running_loop().time()
 
     async def _handle(self, logged: LoggedEvent) -> None:
         for _ in range(MAX_CONFLICT_RETRIES):
@@ -123,5 +200,18 @@ async def record_consumer_error(
             position,
             event_id,
             event_type,
-            repr(error),
+            describe(error),
+        )
+
+
+async def resolve_consumer_errors(pool: asyncpg.Pool, consumer: str, position: int) -> None:
+    """Mark `consumer`'s open errors up to `position` resolved: it got past them on retry."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """
+            UPDATE consumer_errors SET resolved_at = now(), resolution = 'retried'
+             WHERE consumer = $1 AND resolved_at IS NULL AND position <= $2
+            """,
+            consumer,
+            position,
         )

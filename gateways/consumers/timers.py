@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import structlog
 
 from gateways.consumers.projector import Projector
+from gateways.postgres.errors import after_failure, describe, is_unavailable
 from handlers.abandonment import DueTimer, abandon_if_pending
 from handlers.ports import EventStore
 
@@ -101,7 +102,10 @@ class AbandonmentTimers:
                 break
             try:
                 position = await abandon_if_pending(self.store, timer)
-            except Exception as error:  # one lead's failure does not hold up the others
+            except Exception as error:
+                if is_unavailable(error):
+                    raise  # the database is away: the whole round is retried next tick
+                # One lead's failure does not hold up the others.
                 log.error("abandonment failed", lead_id=str(timer.lead_id), error=repr(error))
                 continue
             if position is not None:
@@ -120,6 +124,7 @@ class AbandonmentTimers:
             try:
                 await self.run_once()
             except Exception as error:  # the database away for a while: try again next tick
-                log.warning("abandonment timers retrying", error=repr(error))
+                await after_failure(self.projector.pool, error)
+                log.warning("abandonment timers retrying", error=describe(error))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.interval)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -24,7 +26,8 @@ from gateways.http import (
 )
 from gateways.http.errors import JsonResponse, install_error_handlers
 from gateways.http.middleware import BodyLimit, RequestContext
-from gateways.status import refresh_metrics
+from gateways.postgres.errors import RETRY_AFTER_SECONDS, describe, is_unavailable
+from gateways.status import refresh_metrics, stopped_consumers
 
 
 def create_app(engine: Engine) -> FastAPI:
@@ -54,27 +57,52 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        """Prometheus text format: intake by channel, append latency, consumer lag."""
+        """Prometheus text format: intake by channel (from the log), append latency,
+        consumer lag and stopped consumers; rendered even while PostgreSQL is away."""
         running: Engine = request.app.state.engine
-        await refresh_metrics(running)
+        try:
+            await refresh_metrics(running)
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            running.metrics.database_up.set(0)
+        else:
+            running.metrics.database_up.set(1)
         return Response(running.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> JsonResponse:
-        """Whether PostgreSQL and NATS answer, by name; 503 when either does not."""
+        """Whether PostgreSQL and NATS answer, and whether every consumer runs, by name.
+
+        200 `ok`; 503 `unavailable` when PostgreSQL or NATS does not answer; 503 `degraded`
+        when a consumer is stopped (failed at an event, crashed, needs a rebuild), naming
+        it: it will not catch up by itself, so alerting must see it."""
         running: Engine = request.app.state.engine
         problems = {
             "postgres": await check_postgres(running.pool),
             "nats": await check_nats(running.nats),
         }
-        checks = {
+        checks: dict[str, dict[str, object]] = {
             name: {"ok": problem is None, **({"error": problem} if problem else {})}
             for name, problem in problems.items()
         }
-        healthy = all(problem is None for problem in problems.values())
+        status = "ok" if all(p is None for p in problems.values()) else "unavailable"
+        if problems["postgres"] is None:
+            try:
+                stopped = await asyncio.wait_for(stopped_consumers(running), 2.0)
+            except Exception as error:
+                if not is_unavailable(error):
+                    raise
+                checks["consumers"] = {"ok": False, "error": describe(error)}
+            else:
+                checks["consumers"] = {"ok": not stopped, "stopped": stopped}
+                if stopped and status == "ok":
+                    status = "degraded"
+        headers = None if status == "ok" else {"Retry-After": str(RETRY_AFTER_SECONDS)}
         return JsonResponse(
-            {"status": "ok" if healthy else "unavailable", "checks": checks},
-            status_code=200 if healthy else 503,
+            {"status": status, "checks": checks},
+            status_code=200 if status == "ok" else 503,
+            headers=headers,
         )
 
     return app

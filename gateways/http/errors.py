@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from fastapi import FastAPI, Request
@@ -12,6 +13,12 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.workspaces import InvalidName
+from gateways.postgres.errors import (
+    RETRY_AFTER_SECONDS,
+    describe,
+    expire_connections,
+    is_unavailable,
+)
 from handlers.ports import ConcurrencyConflict, ReservationTaken
 from handlers.workspaces import TokenNotFound, WorkspaceNotFound
 
@@ -39,8 +46,32 @@ class JsonResponse(Response):
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> JsonResponse:
+    """The envelope; a 503 (a dependency away, a view behind) always says when to retry."""
     body = {"error": {"code": code, "message": message, "details": details}}
-    return JsonResponse(body, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    return JsonResponse(body, status_code=status, headers=headers)
+
+
+def unavailable_response() -> JsonResponse:
+    """503 `database_unavailable`: PostgreSQL cannot serve the request now; retry later."""
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry after a moment",
+        {"retryAfterSeconds": RETRY_AFTER_SECONDS},
+    )
+
+
+# Exception classes that may be (or wrap) a database outage, handled where the route raised
+# them: a handler for `Exception` itself runs only after Starlette's error middleware has
+# decided on a 500 and re-raised.
+_MAYBE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    ExceptionGroup,
+)
 
 
 _STATUS_CODES = {
@@ -97,7 +128,25 @@ def install_error_handlers(app: FastAPI) -> None:
     async def taken(_: Request, error: ReservationTaken) -> JsonResponse:
         return error_response(409, "already_exists", str(error))
 
+    async def unavailable(request: Request, error: Exception) -> JsonResponse:
+        log.warning("database unavailable", error=describe(error))
+        engine = getattr(request.app.state, "engine", None)
+        if engine is not None:
+            await expire_connections(engine.pool)
+        return unavailable_response()
+
+    async def database_error(request: Request, error: Exception) -> JsonResponse:
+        if is_unavailable(error):
+            return await unavailable(request, error)
+        log.error("unhandled error", error=repr(error), exc_info=error)
+        return error_response(500, "internal_error", "an unexpected error occurred")
+
+    for kind in _MAYBE_UNAVAILABLE:
+        app.add_exception_handler(kind, database_error)
+
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, error: Exception) -> JsonResponse:
+    async def unexpected(request: Request, error: Exception) -> JsonResponse:
+        if is_unavailable(error):
+            return await unavailable(request, error)
         log.exception("unhandled error", error=repr(error))
         return error_response(500, "internal_error", "an unexpected error occurred")

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from domain.dead_letters import Reason
 from domain.leads import LeadDetails, MissingName, Source
 from gateways.bootstrap import Engine
+from gateways.postgres.errors import after_failure, describe
 from handlers.dead_letters import Letter, record_dead_letter
 from handlers.intake import Intake, UnknownCustomer, idempotency_claim
 from handlers.payloads import BodyRefused, is_json, parse_json_object
@@ -39,6 +40,8 @@ SOURCE_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # nak delays for transient failures (Postgres away, timeouts), by delivery count.
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 MAX_BACKOFF = 600.0
+# Pauses (first, longest) between tries of a message held while the database is away.
+UNAVAILABLE_BACKOFF = (0.25, 5.0)
 STREAM_NAME_IN_USE = 10058
 
 
@@ -168,6 +171,7 @@ class NatsIntake:
         self.js: JetStreamContext = engine.nats.jetstream()
         self.intake = engine.intake
         self.store = engine.store
+        self.pool = engine.pool
         self.prefix = engine.settings.nats_prefix
         self.max_body_bytes = engine.settings.max_body_bytes
         self.stream = stream_name(self.prefix)
@@ -192,7 +196,10 @@ class NatsIntake:
         self._room = asyncio.Event()
         self._stopping = False
         self._aborted = False
+        self._stop_event = asyncio.Event()
         self.acked = 0
+        self.waiting = 0
+        """Times a message was held back because the database was unavailable."""
         self.dead_lettered = 0
         self.retried = 0
 
@@ -250,6 +257,7 @@ class NatsIntake:
         await self.ensure_stream()
         await self.ensure_consumer()
         self._stopping = self._aborted = False
+        self._stop_event = asyncio.Event()
         self._sub = await self.js.pull_subscribe_bind(consumer=self.durable, stream=self.stream)
         self._advisories = await self.nats.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{self.durable}",
@@ -262,6 +270,7 @@ class NatsIntake:
     async def stop(self) -> None:
         """Stop fetching, let every message in flight finish (and its ack go out), then return."""
         self._stopping = True
+        self._stop_event.set()
         self._room.set()
         if self._loop is not None:
             await asyncio.gather(self._loop, return_exceptions=True)
@@ -279,6 +288,7 @@ class NatsIntake:
     async def abort(self) -> None:
         """Stop at once, acking nothing more: what a crash does (the server redelivers)."""
         self._stopping = self._aborted = True
+        self._stop_event.set()
         self._room.set()
         # Until none is left: a fetch that was answered as it was cancelled may still spawn.
         while tasks := [t for t in (self._loop, *self._tasks, *self._side_tasks) if t]:
@@ -344,19 +354,45 @@ class NatsIntake:
 
     async def _handle(self, msg: Msg) -> None:
         progress = _Progress()
-        try:
-            async with asyncio.timeout(self.process_timeout):
-                await self._process(msg, progress)
-        except Exception as error:
+        backoff = min(UNAVAILABLE_BACKOFF[0], self.ack_wait / 3)
+        while True:
             try:
-                await self._retry_later(msg, progress, error)
-            except Exception as again:
-                log.error(
-                    "nats intake could not nak a failed message; the server will redeliver it",
+                async with asyncio.timeout(self.process_timeout):
+                    await self._process(msg, progress)
+                return
+            except Exception as error:
+                if self._stopping or not await after_failure(self.pool, error):
+                    await self._failed(msg, progress, error)
+                    return
+                # The database is away: keep the message in hand (its ack timer reset, its
+                # delivery count untouched) and try again, rather than spend its deliveries
+                # towards a dead letter. Fetching pauses by itself: the slots stay taken.
+                self.waiting += 1
+                log.warning(
+                    "nats intake waiting for the database",
                     stream_seq=_seq(msg),
-                    error=repr(error),
-                    nak_error=repr(again),
+                    error=describe(error),
+                    backoff=backoff,
                 )
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), backoff)
+                # Tried (and its ack timer reset) well within the ack wait, or the server
+                # would hand the message to another delivery meanwhile.
+                backoff = min(backoff * 2, UNAVAILABLE_BACKOFF[1], self.ack_wait / 3)
+
+    async def _failed(self, msg: Msg, progress: _Progress, error: Exception) -> None:
+        """Nak for a later redelivery, or dead-letter on the last one (see `_retry_later`)."""
+        try:
+            await self._retry_later(msg, progress, error)
+        except Exception as again:
+            log.error(
+                "nats intake could not nak a failed message; the server will redeliver it",
+                stream_seq=_seq(msg),
+                error=repr(error),
+                nak_error=repr(again),
+            )
 
     async def _process(self, msg: Msg, progress: _Progress) -> None:
         try:

@@ -33,6 +33,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from domain.lead_types import LeadType
 from gateways.bootstrap import Engine
+from gateways.postgres.errors import after_failure, describe
 from gateways.postgres.log_store import PostgresLog, Record
 from handlers.ports import Checkpoint, TrackingConflict
 
@@ -145,6 +146,8 @@ class NatsRelay:
         self.resume_from_stream = resume_from_stream
         # Everything up to `position` is on the stream (and, after the batch, checkpointed).
         self.position = 0
+        # What the tracking row holds (behind `position` only while a checkpoint failed).
+        self.persisted = 0
         self.published = 0
         self.duplicates = 0
         self.last_error: str | None = None
@@ -216,6 +219,10 @@ class NatsRelay:
                 generation = self.log.generation
                 records = await self.log.read(self.position, self.batch_size)
                 if not records:
+                    if self.position > self.persisted:
+                        # Published, but the checkpoint failed (the database was away).
+                        await self._checkpoint(self.position)
+                        continue
                     await self.log.wait_for_commit(generation, self.log.poll_interval)
                     continue
                 await self._relay(records)
@@ -225,19 +232,23 @@ class NatsRelay:
                 raise
             except Exception as error:
                 failures += 1
-                self.last_error = repr(error)
+                await after_failure(self.log.pool, error)
+                self.last_error = describe(error)
                 log.warning(
                     "nats relay retrying",
                     error=self.last_error,
                     position=self.position,
                     failures=failures,
                 )
+                # Set up again (the stream may be new after a NATS restart) and resume from
+                # the checkpoint, or from the stream's end where that is the same event.
+                ready = False
                 await asyncio.sleep(min(self.min_backoff * 2 ** (failures - 1), self.max_backoff))
 
     async def _prepare(self) -> None:
         await self.ensure_stream()
         checkpoint = await self.log.max_tracking_id(self.consumer) or 0
-        self.position = checkpoint
+        self.position = self.persisted = checkpoint
         if self.resume_from_stream:
             # The stream is a gap-free prefix of the log: if it is ahead of the checkpoint
             # (a crash between ack and checkpoint), nothing up to its end is sent again;
@@ -325,6 +336,7 @@ class NatsRelay:
             # Already there (another relay, or a restart racing this one): nothing to do.
             with contextlib.suppress(TrackingConflict):
                 await self.log.record_checkpoint(conn, Checkpoint(self.consumer, position))
+        self.persisted = max(self.persisted, position)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,7 @@ from gateways.consumers.consumer_state import live_consumer
 from gateways.metrics import Metrics
 from gateways.outbound.smtp_sender import SmtpSender
 from gateways.outbound.webhook_sender import WebhookSender, encode_body
+from gateways.postgres.errors import after_failure, describe
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog
 from gateways.settings import Settings
@@ -308,7 +309,8 @@ class DeliveryWorker:
                 generation = self.log.generation
                 head, rows = await self._read_log(after, wanted)
             except Exception as error:  # the database away for a while
-                log.warning("delivery follower retrying", error=repr(error))
+                await after_failure(self.pool, error)
+                log.warning("delivery follower retrying", error=describe(error))
                 await asyncio.sleep(min(self.interval, 1.0))
                 continue
             woken: list[UUID] = []
@@ -357,7 +359,8 @@ class DeliveryWorker:
                 await self._expire_leases()
                 await self._flush_releases()
             except Exception as error:  # the database away for a while: next tick
-                log.warning("delivery poll failed", error=repr(error))
+                await after_failure(self.pool, error)
+                log.warning("delivery poll failed", error=describe(error))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_poller.wait(), self.interval)
 
@@ -494,7 +497,8 @@ class DeliveryWorker:
                 claimed = await self._claim(ids)
                 loaded = await self._load(sorted(claimed))
             except Exception as error:  # the database away: put them back, try again later
-                log.warning("delivery dispatch retrying", error=repr(error))
+                await after_failure(self.pool, error)
+                log.warning("delivery dispatch retrying", error=describe(error))
                 self._in_flight.difference_update(ids)
                 self.enqueue(ids, after_in_flight=False)
                 await asyncio.sleep(min(self.interval, 1.0))
@@ -538,9 +542,16 @@ class DeliveryWorker:
             if recorded is not None:
                 self._recorded(recorded, result)
         except Exception as error:  # sent or not, unrecorded: the view's poll retries it
-            log.exception(
-                "delivery attempt failed", delivery_id=str(delivery.id), error=repr(error)
-            )
+            if await after_failure(self.pool, error):
+                log.warning(
+                    "delivery attempt not recorded: database unavailable",
+                    delivery_id=str(delivery.id),
+                    error=describe(error),
+                )
+            else:
+                log.exception(
+                    "delivery attempt failed", delivery_id=str(delivery.id), error=repr(error)
+                )
         finally:
             self._finish(delivery.id, True)
 

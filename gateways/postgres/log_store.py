@@ -30,6 +30,12 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from gateways.postgres.errors import (
+    connection_alive,
+    describe,
+    expire_connections,
+    is_unavailable,
+)
 from gateways.postgres.schema import check_schema_name
 from handlers.ports import (
     Allocation,
@@ -230,14 +236,26 @@ class PostgresLog:
             raise RuntimeError("the event store is closed")
         future: asyncio.Future[RecordAppended] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(request, future))
-        if not self._writer_tasks:
-            # Two writers, so one batch's Python work overlaps the other's commit; the
-            # append lock still lets only one of them draw positions at a time.
-            self._writer_tasks = [
-                asyncio.create_task(self._write_loop(), name=f"leadlog-group-commit-{i}")
-                for i in range(self.writers)
-            ]
+        self._ensure_writers()
         return await future
+
+    def _ensure_writers(self) -> None:
+        """Two writers, so one batch's Python work overlaps the other's commit (the append
+        lock still lets only one of them draw positions at a time). A writer that ended
+        for any reason is replaced, so queued appends are never left waiting."""
+        if len(self._writer_tasks) == self.writers and not any(
+            task.done() for task in self._writer_tasks
+        ):
+            return
+        for task in self._writer_tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("group-commit writer ended; replaced", error=repr(task.exception()))
+        alive = [task for task in self._writer_tasks if not task.done()]
+        while len(alive) < self.writers:
+            alive.append(
+                asyncio.create_task(self._write_loop(), name=f"leadlog-group-commit-{len(alive)}")
+            )
+        self._writer_tasks = alive
 
     async def _write_loop(self) -> None:
         while True:
@@ -259,6 +277,15 @@ class PostgresLog:
         try:
             await self._commit_batch(batch)
         except Exception as error:
+            if is_unavailable(error):
+                # The database is away, not one command wrong: every command of the batch
+                # fails alike (the caller answers 503 and may retry), and the pool replaces
+                # its connections, so the next batch starts on a fresh one.
+                log.warning("group commit failed: database unavailable", error=describe(error))
+                await expire_connections(self.pool)
+                for pending in batch:
+                    _fail(pending, error)
+                return
             if len(batch) == 1:
                 _fail(batch[0], error)
                 return
@@ -548,9 +575,18 @@ class PostgresLog:
 
     async def _ensure_listener(self) -> None:
         async with self._listener_lock:
-            if self._listener is not None and not self._listener.is_closed():
+            if self._listener is not None:
+                if connection_alive(self._listener):
+                    return
+                # Lost with its connection (an outage): give the slot back to the pool.
+                old, self._listener = self._listener, None
+                with contextlib.suppress(Exception):
+                    await self.pool.release(old)
+            try:
+                listener = await self.pool.acquire()
+            except Exception as error:  # the database away: followers poll meanwhile
+                log.warning("LISTEN failed; followers will poll", error=describe(error))
                 return
-            listener = await self.pool.acquire()
             try:
                 await listener.add_listener(self.channel, self._waker.wake)
             except BaseException as error:

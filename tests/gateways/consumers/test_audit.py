@@ -444,7 +444,7 @@ async def test_interrupted_audit_leaves_nothing_behind(
 
 
 class NewerLeads(LeadList):
-    version = 2
+    version = LeadList.version + 1
 
 
 class BrokenLeads(LeadList):
@@ -465,13 +465,16 @@ async def test_a_view_behind_of_another_version_or_failing_is_reported(
     finally:
         await engine.projector.start()
     current, newer, broken = report.projections
-    assert current.compared and current.clean and current.differences == 0
+    assert current.compared and current.matches and current.differences == 0
+    assert not current.clean  # behind the head: stopped views must not pass the audit
     assert current.position < late["position"] <= report.head
     assert current.behind == report.head - current.position > 0
+    assert report.behind == {"leads": current.behind}
+    assert report.json()["projections"][0]["clean"] is False
     assert current.note is not None and "behind" in current.note
     assert current.tables[0].live_rows == 5
     assert not newer.compared and not newer.clean and newer.tables == []
-    assert newer.note is not None and "version 1" in newer.note
+    assert newer.note is not None and f"version {LeadList.version}" in newer.note
     assert not broken.compared and broken.tables == []
     assert broken.note == "not compared: the replay failed: RuntimeError: cannot fold this"
     assert not report.clean and report.differences == 0

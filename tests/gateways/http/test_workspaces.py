@@ -213,12 +213,16 @@ async def test_body_over_the_limit_is_refused(client: httpx.AsyncClient) -> None
     assert streamed.status_code == 413
 
 
-async def test_healthz_names_both_servers(client: httpx.AsyncClient) -> None:
+async def test_healthz_names_both_servers_and_the_consumers(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
-        "checks": {"postgres": {"ok": True}, "nats": {"ok": True}},
+        "checks": {
+            "postgres": {"ok": True},
+            "nats": {"ok": True},
+            "consumers": {"ok": True, "stopped": {}},
+        },
     }
     assert response.headers["x-request-id"]
 

@@ -523,19 +523,28 @@ async def _at_least(engine: Engine, workspace_id: UUID, count: int) -> bool:
 
 
 class FlakyStore(PostgresEventStore):
-    """Postgres "unreachable" for the first `failures` appends of leads (or of dead letters)."""
+    """Postgres "unreachable" for the first `failures` appends of leads (or of dead letters);
+    with `error`, failing with that instead (a fault that is not the database's absence)."""
 
-    def __init__(self, engine: Engine, failures: int | None, *, letters: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        failures: int | None,
+        *,
+        letters: bool = False,
+        error: type[Exception] = ConnectionError,
+    ) -> None:
         super().__init__(engine.log)
         self.failures = failures
         self.letters = letters
+        self.error = error
         self.failed = 0
 
     async def append(self, append: Append) -> Appended:
         is_lead = append.build is not None
         if is_lead != self.letters and (self.failures is None or self.failed < self.failures):
             self.failed += 1
-            raise ConnectionError("connection refused (simulated)")
+            raise self.error("connection refused (simulated)")
         return await super().append(append)
 
 
@@ -551,17 +560,45 @@ async def test_transient_failures_are_retried_not_dead_lettered(
     await publish_many(js, [(subject, {"name": f"P{i}"}, None) for i in range(50)])
     await wait_until(lambda: _at_least(engine, workspace_id, 50), what="50 leads")
     await wait_until(lambda: settled(js, worker))
-    assert flaky.failed == 40 and worker.retried == 40
+    # The database away: each message is held and tried again in place, spending none of
+    # its deliveries (so a long outage can never push it to a dead letter).
+    assert flaky.failed == 40 and worker.waiting == 40 and worker.retried == 0
     assert await lead_count(engine, workspace_id) == 50
     assert await list_dead_letters(engine.store) == []
-    assert deliveries(await consumer(js, worker)) == (50, 90)
+    assert deliveries(await consumer(js, worker)) == (50, 50)
+    await worker.stop()
+
+
+async def test_an_outage_outlasting_every_retry_delay_is_never_dead_lettered(
+    engine: Engine, workspace_id: UUID, js: JetStreamContext, make_worker: Factory
+) -> None:
+    down = FlakyStore(engine, failures=None)
+    worker = await make_worker(
+        dataclasses.replace(engine, store=down, intake=LeadIntake(down)),
+        max_deliver=2,
+        retry_delays=(0.05,),
+        ack_wait=1.0,
+    )
+    subject = intake_subject(engine.settings.nats_prefix, workspace_id, "crm")
+    await publish(js, subject, {"name": "Ann"}, msg_id="a-1")
+
+    async def several_tries() -> bool:
+        return down.failed >= 6  # past max_deliver and several ack waits' worth of backoff
+
+    await wait_until(several_tries, what="the outage to outlast the deliveries")
+    assert await list_dead_letters(engine.store) == []
+    assert deliveries(await consumer(js, worker)) == (1, 1)  # held, never redelivered
+    down.failures = down.failed  # the database is back
+    await wait_until(lambda: settled(js, worker))
+    assert await lead_count(engine, workspace_id) == 1
+    assert await list_dead_letters(engine.store) == []
     await worker.stop()
 
 
 async def test_a_failure_outlasting_every_retry_is_dead_lettered(
     engine: Engine, workspace_id: UUID, js: JetStreamContext, make_worker: Factory
 ) -> None:
-    down = FlakyStore(engine, failures=None)
+    down = FlakyStore(engine, failures=None, error=RuntimeError)
     worker = await make_worker(
         dataclasses.replace(engine, store=down, intake=LeadIntake(down)),
         max_deliver=3,
@@ -577,7 +614,7 @@ async def test_a_failure_outlasting_every_retry_is_dead_lettered(
     assert letter.event.deliveries == 3
     assert letter.event.msg_id == "a-1"
     assert letter.event.workspace_id == workspace_id
-    assert "ConnectionError" in letter.event.detail
+    assert "RuntimeError" in letter.event.detail
     assert down.failed == 3
     await worker.stop()
 
@@ -594,11 +631,12 @@ async def test_a_refused_message_waits_until_its_dead_letter_is_recorded(
     subject = intake_subject(engine.settings.nats_prefix, workspace_id, "crm")
     await publish(js, subject, b"{oops")
     await wait_until(lambda: settled(js, worker))
-    # both deliveries failed to record it; the last one still did, with the real reason
+    # recording it failed twice (the database away): the message was held, not spent, and
+    # recorded on its first delivery once the database answered, with the real reason
     (letter,) = await list_dead_letters(engine.store)
     assert letter.event.reason == Reason.MALFORMED_JSON
-    assert letter.event.deliveries == 2
-    assert flaky.failed == 2
+    assert letter.event.deliveries == 1
+    assert flaky.failed == 2 and worker.waiting == 2
     await worker.stop()
 
 
