@@ -29,10 +29,18 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 from eventsourcing.domain import event
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from domain.base import Aggregate
+from domain.leads import stored
 from domain.text import clean_text
 from domain.triggers import Trigger
 
@@ -234,11 +242,10 @@ class Webhook(ActionBase):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("the url must be an absolute http(s) URL")
-        return value.strip()
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        if stored(info):
+            return value  # checked when it was configured (by the rules of that day)
+        return check_webhook_url(value, "url")
 
     @field_validator("headers")
     @classmethod
@@ -314,17 +321,70 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def check_webhook_url(value: str, name: str) -> str:
+    """An absolute http(s) URL without credentials, or `ValueError` naming the field: a
+    `user:password@` in a URL ends up in logs, the secret belongs in a header."""
+    url = value.strip()
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as error:  # an unbalanced `[` in the host
+        raise ValueError(f"{name} is not a valid URL: {error}") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise ValueError(f"{name} must be an absolute http(s) URL")
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"{name} must not contain credentials (user:password@): a URL ends up in logs;"
+            " send a secret in a header instead"
+        )
+    return url
+
+
+# IPv6 prefixes that carry an IPv4 address, which is where the packets end up.
+_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated IPv4-compatible (`::127.0.0.1`)
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT IPv4-translated
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the NAT64 well-known prefix
+# The local-use NAT64 prefix: the operator picks the prefix length inside it, so where the
+# IPv4 address sits cannot be known; it is never a public target anyway.
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def internal_address(ip: IPAddress) -> bool:
+    """Whether an address is anything but a global unicast one. An IPv6 address that embeds
+    an IPv4 address is judged by that address too (Python calls `::7f00:1` global): mapped,
+    compatible and translated ones are the IPv4 address; NAT64 and 6to4 ones are refused
+    when either is internal; Teredo (`2001::/32`, a tunnel through a relay whose client
+    address is obfuscated) and local-use NAT64 are always refused."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if ip.ipv4_mapped is not None or ip in _TRANSLATED or ip in _COMPATIBLE:
+            return internal_address(low)
+        if ip.teredo is not None or ip in _NAT64_LOCAL:
+            return True
+        if ip in _NAT64 and internal_address(low):
+            return True
+        if ip.sixtofour is not None and internal_address(ip.sixtofour):
+            return True
+    return not ip.is_global or ip.is_multicast
+
+
 def private_target(url: str) -> bool:
     """Whether a URL names a loopback, private, link-local or otherwise internal host
-    literally (`localhost`, `10.0.0.1`...). Names are resolved again at delivery time."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    literally (`localhost`, `10.0.0.1`, `[::127.0.0.1]`...). Names are resolved again at
+    delivery time."""
+    try:
+        host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return True
     if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
         return True
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return False
-    return not address.is_global
+    return internal_address(address)
 
 
 class InvalidLeadType(ValueError):

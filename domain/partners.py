@@ -6,10 +6,11 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import event
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from domain.base import Aggregate
-from domain.leads import FieldChange
+from domain.lead_types import check_webhook_url
+from domain.leads import FieldChange, stored
 from domain.text import clean_text
 
 
@@ -28,6 +29,13 @@ class PartnerDetails(BaseModel):
     @classmethod
     def _clean(cls, value: object) -> object:
         return clean_text(value, max_length=2048) or None if isinstance(value, str) else value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or stored(info):
+            return value
+        return check_webhook_url(value, "webhookUrl")
 
 
 class Partner(Aggregate):

@@ -19,7 +19,7 @@ from domain.pipelines import (
 )
 from domain.workspaces import Workspace
 from handlers.listing import aggregates_of
-from handlers.ports import Append, EventStore
+from handlers.ports import Append, Appended, Claim, EventStore, ReservationTaken
 from handlers.workspaces import WorkspaceNotFound
 
 
@@ -37,6 +37,62 @@ class LeadsInStages(Protocol):
 class Changed:
     pipeline: Pipeline
     position: int
+
+
+STAGE_KEY = "stage:"
+
+
+def stage_claims(pipeline: Pipeline) -> list[Claim]:
+    """Each stage id held by its pipeline alone: an id in a body is one of the caller's own
+    or new, never another pipeline's (another workspace's above all). The claim is taken
+    in the same append as the stages, so two commands cannot both take an id."""
+    return [Claim(f"{STAGE_KEY}{s.id}", pipeline.id, exclusive=True) for s in pipeline.stages]
+
+
+async def append_with_stages(store: EventStore, append: Append) -> Appended:
+    try:
+        return await store.append(append)
+    except ReservationTaken as error:
+        raise InvalidPipeline(_not_ours(error.key.removeprefix(STAGE_KEY))) from None
+
+
+async def _used_elsewhere(
+    store: EventStore, pipeline_id: UUID | None, stage_ids: set[UUID], page_size: int = 1000
+) -> UUID | None:
+    """One of `stage_ids` that a pipeline other than `pipeline_id` already used before
+    stage ids were claimed (the log's pipeline events, read only when an id is new)."""
+    after = 0
+    while stage_ids:
+        page = await store.read(after, page_size, ["pipeline.created", "pipeline.stages_changed"])
+        if not page:
+            return None
+        for logged in page:
+            event = logged.event
+            if event.originator_id == pipeline_id:
+                continue
+            stages = getattr(event, "stages", None) or []
+            used = stage_ids & {s.id for s in stages}
+            if used:
+                return next(iter(used))
+        after = page[-1].position
+    return None
+
+
+async def check_new_stages(
+    store: EventStore, pipeline_id: UUID | None, stages: list[Stage], known: set[UUID]
+) -> None:
+    """Refuse stage ids new to a pipeline that a pipeline created before stage ids were
+    claimed uses (what is claimed, the append's exclusive claims refuse atomically)."""
+    new = {s.id for s in stages} - known
+    used = await _used_elsewhere(store, pipeline_id, new) if new else None
+    if used is not None:
+        raise InvalidPipeline(_not_ours(used))
+
+
+def _not_ours(stage_id: str | UUID) -> str:
+    return (
+        f"stage id {stage_id} is not one of this pipeline's stages: leave the id out of a new stage"
+    )
 
 
 async def load_pipeline(store: EventStore, workspace_id: UUID, pipeline_id: UUID) -> Pipeline:
@@ -57,7 +113,11 @@ async def create_pipeline(
     if await store.load(Workspace, workspace_id) is None:
         raise WorkspaceNotFound(f"workspace {workspace_id} does not exist")
     pipeline = Pipeline(workspace_id=workspace_id, name=name, stages=stages, is_default=False)
-    appended = await store.append(Append(workspace_id, events=pipeline.collect_events()))
+    await check_new_stages(store, pipeline.id, stages, set())
+    appended = await append_with_stages(
+        store,
+        Append(workspace_id, events=pipeline.collect_events(), claims=stage_claims(pipeline)),
+    )
     return Changed(pipeline, appended.position)
 
 
@@ -77,7 +137,11 @@ async def ensure_default(store: EventStore, workspace_id: UUID) -> Changed:
     )
     workspace.activate_pipeline(pipeline.id)
     appended = await store.append(
-        Append(workspace_id, events=[*workspace.collect_events(), *pipeline.collect_events()])
+        Append(
+            workspace_id,
+            events=[*workspace.collect_events(), *pipeline.collect_events()],
+            claims=stage_claims(pipeline),
+        )
     )
     return Changed(pipeline, appended.position)
 
@@ -106,6 +170,7 @@ async def update_pipeline(
                 raise InvalidPipeline(
                     f"cannot move leads to {destination}: not a stage of the pipeline"
                 )
+        await check_new_stages(store, pipeline.id, stages, {s.id for s in pipeline.stages})
         removed = pipeline.change_stages(stages)
         held = await leads.in_stages(workspace_id, removed)
         if held:
@@ -120,7 +185,14 @@ async def update_pipeline(
                     )
                 lead.move_to_stage(pipeline.id, target, "its stage was removed", actor)
                 moves.extend(lead.collect_events())
-    appended = await store.append(Append(workspace_id, events=[*pipeline.collect_events(), *moves]))
+    appended = await append_with_stages(
+        store,
+        Append(
+            workspace_id,
+            events=[*pipeline.collect_events(), *moves],
+            claims=stage_claims(pipeline) if stages is not None else (),
+        ),
+    )
     return Changed(pipeline, appended.position)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import itertools
 import secrets
 import time
 from collections.abc import Callable
@@ -85,7 +87,12 @@ async def create_workspace(store: EventStore, name: str, default_region: str = "
     )
     workspace.activate_pipeline(pipeline.id)
     appended = await store.append(
-        Append(workspace.id, events=[*workspace.collect_events(), *pipeline.collect_events()])
+        Append(
+            workspace.id,
+            events=[*workspace.collect_events(), *pipeline.collect_events()],
+            # Stage ids are held by their pipeline (see `handlers.pipelines.stage_claims`).
+            claims=[Claim(f"stage:{s.id}", pipeline.id, exclusive=True) for s in pipeline.stages],
+        )
     )
     return Created(workspace.id, appended.position)
 
@@ -167,12 +174,18 @@ async def set_abandon_after(
     raise ConcurrencyConflict(f"workspace {workspace_id} kept changing; try again")
 
 
+REVOKED = "api_token.revoked"
+
+
 class Authenticator:
     """Token → principal, remembered briefly: loading a token's events on every request
     would cost more than the request's real work.
 
-    A revocation in this process takes effect at once (`forget`); another process serving
-    the API notices it within `ttl` seconds.
+    A revocation takes effect at once in every process: a remembered principal is used
+    only after the log has been checked for token revocations by a read that began after
+    the request did (one indexed read of `api_token.revoked` events past the last one
+    seen, shared by the requests waiting for it), so a request that starts after a
+    `leadlog tokens revoke` returned is refused. `forget` evicts at once in this process.
     """
 
     def __init__(self, store: EventStore, admin_token: str | None, ttl: float = 2.0) -> None:
@@ -180,24 +193,72 @@ class Authenticator:
         self.admin_token = admin_token
         self.ttl = ttl
         self._known: dict[str, tuple[Principal | None, float]] = {}
+        # The log position up to which revocations have been applied to `_known`.
+        self._seen: int | None = None
+        # Orders request starts and revocation reads (a clock may give two the same time).
+        self._ticks = itertools.count()
+        self._check: tuple[int, asyncio.Future[None]] | None = None
 
     async def authenticate(self, presented: str) -> Principal | None:
         if self.admin_token and hmac.compare_digest(presented.encode(), self.admin_token.encode()):
             return OPERATOR
-        digest = hash_token(presented)
+        tick = next(self._ticks)
         now = time.monotonic()
+        digest = hash_token(presented)
+        if self._seen is None:
+            # Every load from now on sees the revocations committed before this position.
+            head = await self.store.max_position()
+            if self._seen is None:
+                self._seen = head
         known = self._known.get(digest)
         if known is not None and now < known[1]:
-            return known[0]
+            if known[0] is None:
+                return None  # unknown tokens stay unknown: guessing costs the store nothing
+            await self._revocations_since(tick)
+            known = self._known.get(digest)
+            if known is not None:
+                return known[0]
+        mark = self._seen
         principal = await authenticate(self.store, presented, None)
         if len(self._known) > 10_000:
             self._known.clear()
-        # Unknown tokens are remembered too, so guessing costs the store nothing.
-        self._known[digest] = (principal, now + self.ttl)
+        # A revocation read that went past `mark` during the load may have passed this
+        # token's revocation before the entry existed: then it is not remembered.
+        if self._seen == mark:
+            self._known[digest] = (principal, now + self.ttl)
         return principal
+
+    async def _revocations_since(self, tick: int) -> None:
+        """Apply every revocation committed before request `tick` started, by a read begun
+        after it. Requests share reads: one arriving while a read is under way waits for
+        it and joins the next, so there are at most about two reads per round trip."""
+        while True:
+            check = self._check
+            if check is None or (check[1].done() and (check[0] < tick or _failed(check[1]))):
+                check = (next(self._ticks), asyncio.ensure_future(self._apply_revocations()))
+                self._check = check
+            if check[0] > tick:
+                await asyncio.shield(check[1])
+                return
+            await asyncio.wait([check[1]])  # begun before this request: the next one
+
+    async def _apply_revocations(self) -> None:
+        while True:
+            page = await self.store.read(self._seen or 0, 500, [REVOKED])
+            if not page:
+                return
+            revoked = {logged.event.originator_id for logged in page}
+            for digest, (principal, _) in list(self._known.items()):
+                if principal is not None and principal.token_id in revoked:
+                    self._known.pop(digest, None)
+            self._seen = max(self._seen or 0, page[-1].position)
 
     def forget(self, token_hash: str) -> None:
         self._known.pop(token_hash, None)
+
+
+def _failed(future: asyncio.Future[None]) -> bool:
+    return future.cancelled() or future.exception() is not None
 
 
 async def authenticate(

@@ -63,11 +63,23 @@ class LeadTypeOfLead(Body):
     lead_type_id: UUID
 
 
+def invalid(error: ValidationError, resource: str, prefix: str = "") -> ApiError:
+    """The 422 for a pydantic error, its message naming the resource and the first field."""
+    api = validation_error(error)
+    problems = error.errors(include_url=False, include_input=False)
+    if problems:
+        where = ".".join([prefix] * bool(prefix) + [to_camel(str(p)) for p in problems[0]["loc"]])
+        api.message = f"the {resource} is not valid: {where}: {problems[0]['msg']}"
+    else:
+        api.message = f"the {resource} is not valid"
+    return api
+
+
 def _actions(raw: list[dict[str, Any]]) -> list[Action]:
     try:
         return _ACTIONS.validate_python(raw)
     except ValidationError as error:
-        raise validation_error(error) from None
+        raise invalid(error, "lead type", "actions") from None
 
 
 def action_json(lead_type: LeadType, action: Action, now: datetime) -> dict[str, Any]:
@@ -115,7 +127,7 @@ async def _run(command: Callable[[], Awaitable[T]]) -> T:
     except (InvalidLeadType, InvalidName) as error:
         raise ApiError(422, "invalid_lead_type", str(error)) from None
     except ValidationError as error:
-        raise validation_error(error) from None
+        raise invalid(error, "lead type") from None
 
 
 def _allow_private(request: Request) -> bool:

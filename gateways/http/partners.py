@@ -13,7 +13,7 @@ from domain.partners import Partner, PartnerDetails
 from domain.workspaces import Permission, Role
 from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
-from gateways.http.payloads import validation_error
+from gateways.http.lead_types import invalid
 from handlers import partners as commands
 from handlers.partners import PartnerNotFound
 from handlers.workspaces import Principal, issue_token
@@ -62,7 +62,7 @@ def _details(fields: dict[str, Any]) -> PartnerDetails:
     try:
         return PartnerDetails.model_validate(fields)
     except ValidationError as error:
-        raise validation_error(error) from None
+        raise invalid(error, "partner") from None
 
 
 @router.post("", status_code=201)
@@ -106,7 +106,7 @@ async def update_partner(
     except PartnerNotFound as error:
         raise ApiError(404, "not_found", str(error)) from None
     except ValidationError as error:
-        raise validation_error(error) from None
+        raise invalid(error, "partner") from None
     return {**partner_json(partner), "position": position}
 
 

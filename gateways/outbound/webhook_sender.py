@@ -24,6 +24,7 @@ import httptools
 import httpx
 import orjson
 
+from domain.lead_types import internal_address
 from domain.signing import CONTENT_TYPES, FORM, JSON, encode_form
 from handlers.deliveries import AttemptResult
 
@@ -66,14 +67,13 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 def blocked_address(address: str) -> bool:
-    """Whether an address is anything but a global unicast one."""
+    """Whether an address is anything but a global unicast one (an IPv6 address that embeds
+    an IPv4 one is judged by it: `internal_address`)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return True
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not ip.is_global or ip.is_multicast
+    return internal_address(ip)
 
 
 async def resolve(host: str, port: int, *, allow_private: bool) -> list[str]:
