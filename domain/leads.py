@@ -48,6 +48,14 @@ class Status(StrEnum):
     ABANDONED = "abandoned"
 
 
+class ReturnStatus(StrEnum):
+    """Where the latest return of a referred lead stands (None: no return since referral)."""
+
+    OPEN = "open"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+
+
 class WireModel(BaseModel):
     """camelCase on the wire, snake_case in Python; frozen; unknown keys refused."""
 
@@ -135,15 +143,38 @@ def _tags(value: Any) -> Any:
     if isinstance(value, str):
         value = value.split(",")
     if isinstance(value, list | tuple):
-        seen: dict[str, None] = {}
+        seen: dict[str, str] = {}
         for tag in value:
             cleaned = clean_text(str(tag), max_length=100)
             if cleaned:
-                seen.setdefault(cleaned, None)
+                seen.setdefault(tag_key(cleaned), cleaned)
         if len(seen) > MAX_TAGS:
             raise ValueError(f"at most {MAX_TAGS} tags")
-        return tuple(seen)
+        return tuple(seen.values())
     return value
+
+
+def tag_key(tag: str) -> str:
+    """Tags match case-insensitively (`Hot` is `hot`); the first spelling seen is shown."""
+    return tag.casefold()
+
+
+def merge_tags(
+    current: list[str] | tuple[str, ...],
+    replace: tuple[str, ...] | None,
+    add: tuple[str, ...],
+    remove: tuple[str, ...],
+) -> list[str]:
+    """`current` replaced by `replace` (if given), then `add` appended and `remove` dropped,
+    all compared case-insensitively; a tag kept keeps the spelling it had."""
+    tags: dict[str, str] = {}
+    for tag in replace if replace is not None else current:
+        tags.setdefault(tag_key(tag), tag)
+    for tag in add:
+        tags.setdefault(tag_key(tag), tag)
+    for tag in remove:
+        tags.pop(tag_key(tag), None)
+    return list(tags.values())
 
 
 def _json_fields(value: Any) -> Any:
@@ -280,6 +311,12 @@ class LeadPatch(WireModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        # `tagsAdd` / `tagsRemove`: the names earlier docs gave; same meaning.
+        for old, canonical in (("tagsAdd", "addTags"), ("tagsRemove", "removeTags")):
+            if old in data:
+                if canonical in data or snake(canonical) in data:
+                    raise ValueError(f"give {canonical} or {old}, not both")
+                data[canonical] = data.pop(old)
         cleaners = {**_CLEANERS, "add_tags": _tags, "remove_tags": _tags}
         for field, clean in cleaners.items():
             for key in (field, to_camel(field)):
@@ -370,6 +407,8 @@ class Lead(Aggregate):
         tags_removed: list[str] = Field(default_factory=list)
         email_normal: str | None = None
         phone_normal: str | None = None
+        email_valid: bool | None = None
+        phone_valid: bool | None = None
 
     class Deleted(Aggregate.Event):
         actor: str
@@ -392,6 +431,12 @@ class Lead(Aggregate):
         partner_id: UUID
         actor: str
         by_user: bool
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.referred_to = self.partner_id
+            aggregate.referred_at = self.timestamp
+            aggregate.referrals += 1
+            aggregate.return_status = None
 
     class ReturnStarted(Aggregate.Event):
         partner_id: UUID
@@ -488,7 +533,9 @@ class Lead(Aggregate):
         self.deleted = False
         self.milestones: list[Milestone] = []
         self.referred_to: UUID | None = None
+        self.referred_at: datetime | None = None
         self.referrals = 0
+        self.return_status: ReturnStatus | None = None
         self.open_return: UUID | None = None
         self.contact_id: UUID | None = None
         self.converted_at: datetime | None = None
@@ -574,10 +621,13 @@ class Lead(Aggregate):
         by_user: bool,
         email_normal: str | None,
         phone_normal: str | None,
+        email_valid: bool | None = None,
+        phone_valid: bool | None = None,
     ) -> bool:
         """Apply the fields `patch` gives; False (no event) when nothing differs.
-        `email_normal` / `phone_normal` are the normal forms of the patched email and phone
-        (the handler computes them; ignored for a field the patch leaves alone)."""
+        `email_normal` / `phone_normal` (and `_valid`) are the normal forms of the patched
+        email and phone and whether they looked valid, as intake computes them (the handler
+        does; ignored for a field the patch leaves alone). Tags compare case-insensitively."""
         self.ensure_live()
         given = patch.model_fields_set
         changes: list[FieldChange] = []
@@ -591,9 +641,7 @@ class Lead(Aggregate):
             if new != old:
                 changes.append(FieldChange(field=field, old=old, new=new))
         old_tags = list(self.details.tags)
-        tags = list(patch.tags) if patch.tags is not None else list(old_tags)
-        tags += [t for t in patch.add_tags if t not in tags]
-        tags = [t for t in tags if t not in patch.remove_tags]
+        tags = merge_tags(old_tags, patch.tags, patch.add_tags, patch.remove_tags)
         if len(tags) > MAX_TAGS:
             raise InvalidTransition(f"at most {MAX_TAGS} tags")
         if tags != old_tags:
@@ -609,14 +657,18 @@ class Lead(Aggregate):
         if not changes:
             return False
         changed = {c.field for c in changes}
+        old_keys = {tag_key(t) for t in old_tags}
+        new_keys = {tag_key(t) for t in tags}
         self._updated(
             changes=changes,
             actor=actor,
             by_user=by_user,
-            tags_added=[t for t in tags if t not in old_tags],
-            tags_removed=[t for t in old_tags if t not in tags],
+            tags_added=[t for t in tags if tag_key(t) not in old_keys],
+            tags_removed=[t for t in old_tags if tag_key(t) not in new_keys],
             email_normal=email_normal if "email" in changed else self.email_normal,
             phone_normal=phone_normal if "phone" in changed else self.phone_normal,
+            email_valid=email_valid if "email" in changed else self.email_valid,
+            phone_valid=phone_valid if "phone" in changed else self.phone_valid,
         )
         return True
 
@@ -630,6 +682,8 @@ class Lead(Aggregate):
         tags_removed: list[str],
         email_normal: str | None,
         phone_normal: str | None,
+        email_valid: bool | None = None,
+        phone_valid: bool | None = None,
     ) -> None:
         updates: dict[str, Any] = {}
         custom = dict(self.details.custom_fields)
@@ -650,6 +704,12 @@ class Lead(Aggregate):
         self.details = self.details.model_copy(update=updates)
         self.email_normal = email_normal
         self.phone_normal = phone_normal
+        changed = {item.field for item in changes}
+        # Events before validity was recorded carry None: unknown, rather than stale.
+        if "email" in changed:
+            self.email_valid = email_valid
+        if "phone" in changed:
+            self.phone_valid = phone_valid
 
     def delete(self, actor: str, by_user: bool) -> bool:
         """Hide the lead from views (it stays in the log); False when already deleted."""
@@ -705,12 +765,7 @@ class Lead(Aggregate):
         self.ensure_live()
         if self.open_return is not None:
             raise InvalidTransition("a return is open: accept or decline it first")
-        self._referred(partner_id=partner_id, actor=actor, by_user=by_user)
-
-    @event(Referred)
-    def _referred(self, partner_id: UUID, actor: str, by_user: bool) -> None:
-        self.referred_to = partner_id
-        self.referrals += 1
+        self.trigger_event(Lead.Referred, partner_id=partner_id, actor=actor, by_user=by_user)
 
     def start_return(self, partner_id: UUID, reason: str, actor: str) -> None:
         self.ensure_live()
@@ -726,6 +781,7 @@ class Lead(Aggregate):
     @event(ReturnStarted)
     def _return_started(self, partner_id: UUID, reason: str, actor: str) -> None:
         self.open_return = partner_id
+        self.return_status = ReturnStatus.OPEN
 
     def decide_return(self, accept: bool, reason: str, actor: str) -> None:
         """Accept (the partner gives the lead back) or decline the open return."""
@@ -742,10 +798,13 @@ class Lead(Aggregate):
     def _return_accepted(self, partner_id: UUID, reason: str, actor: str) -> None:
         self.open_return = None
         self.referred_to = None
+        self.referred_at = None
+        self.return_status = ReturnStatus.ACCEPTED
 
     @event(ReturnDeclined)
     def _return_declined(self, partner_id: UUID, reason: str, actor: str) -> None:
         self.open_return = None
+        self.return_status = ReturnStatus.DECLINED
 
     def change_lead_type(self, lead_type_id: UUID, actor: str, by_user: bool) -> bool:
         """Give the lead another lead type; False when it has that one already."""

@@ -140,8 +140,33 @@ class Mapped:
 _TARGETS = {normalise_key(t.value): t for t in Target} | {"fullname": Target.NAME}
 
 
+CUSTOM_PREFIX = "customFields."
+"""A mapping target naming a custom field, as stored: `customFields.<key>`."""
+# The spellings CSV import accepts for a custom field (domain/csv_mapping.py), any case.
+_CUSTOM_PREFIXES = ("custom:", "customfields.", "custom.")
+_CUSTOM_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+def _custom_target(target: str) -> str | None:
+    """`custom:roofType`, `customFields.roofType` or `custom.roofType` → `roofType`; None
+    when `target` does not name a custom field; InvalidFieldMapping for a bad key."""
+    lowered = target.strip().lower()
+    for prefix in _CUSTOM_PREFIXES:
+        if lowered.startswith(prefix):
+            key = target.strip()[len(prefix) :].strip()
+            if not _CUSTOM_KEY.fullmatch(key):
+                raise InvalidFieldMapping(
+                    f"custom field key {key!r} must be a letter then letters, digits or _"
+                    " (at most 64)"
+                )
+            return key
+    return None
+
+
 def clean_field_mapping(mapping: Mapping[str, Any]) -> dict[str, str]:
-    """Incoming key or dot path → lead field, checked; targets given in any case or separator."""
+    """Incoming key or dot path → lead field (any case or separator) or custom field
+    (`custom:<key>` or `customFields.<key>`, as CSV import takes them; stored as
+    `customFields.<key>`), checked."""
     if len(mapping) > MAX_MAPPING_ENTRIES:
         raise InvalidFieldMapping(f"a field mapping has at most {MAX_MAPPING_ENTRIES} entries")
     cleaned: dict[str, str] = {}
@@ -150,9 +175,13 @@ def clean_field_mapping(mapping: Mapping[str, Any]) -> dict[str, str]:
             raise InvalidFieldMapping(f"mapping keys must be 1 to {MAX_MAPPING_KEY} characters")
         if not key.isprintable():
             raise InvalidFieldMapping(f"mapping key {key!r} holds control characters")
+        custom = _custom_target(target) if isinstance(target, str) else None
+        if custom is not None:
+            cleaned[key.strip()] = CUSTOM_PREFIX + custom
+            continue
         found = _TARGETS.get(normalise_key(target)) if isinstance(target, str) else None
         if found is None:
-            allowed = ", ".join(t.value for t in Target)
+            allowed = ", ".join([*(t.value for t in Target), "custom:<key>"])
             raise InvalidFieldMapping(f"mapping target {target!r} is not one of: {allowed}")
         cleaned[key.strip()] = found.value
     return cleaned
@@ -210,24 +239,52 @@ def _core_value(target: Target, value: Any) -> Any:
 Score = tuple[int, int, int, int]
 
 
-def _mapping_lookup(mapping: Mapping[str, str]) -> tuple[dict[str, Target], dict[str, Target]]:
-    exact = {key: Target(target) for key, target in mapping.items()}
+MappingTarget = Target | str
+"""A core field, or (a str) the key of the custom field a mapping sends an entry to."""
+
+
+def _mapping_lookup(
+    mapping: Mapping[str, str],
+) -> tuple[dict[str, MappingTarget], dict[str, MappingTarget]]:
+    exact: dict[str, MappingTarget] = {
+        key: target.removeprefix(CUSTOM_PREFIX)
+        if target.startswith(CUSTOM_PREFIX)
+        else Target(target)
+        for key, target in mapping.items()
+    }
     loose = {normalise_key(key): target for key, target in exact.items()}
     return exact, loose
 
 
-def _classify(
-    entry: Entry, exact: Mapping[str, Target], loose: Mapping[str, Target]
-) -> tuple[Target, Score] | None:
-    """Which lead field an entry fills, and how sure: mapping, then hint, key, label."""
+def _mapped(
+    entry: Entry, exact: Mapping[str, MappingTarget], loose: Mapping[str, MappingTarget]
+) -> MappingTarget | None:
+    """The target the webhook's own mapping gives an entry, if any."""
     names = (entry.dotted, *entry.aliases, entry.display)
     for name in names:
         if name in exact:
-            return exact[name], (0, 0, 0, 0)
+            return exact[name]
     for name in names:
         found = loose.get(normalise_key(name))
         if found is not None:
-            return found, (0, 1, 0, 0)
+            return found
+    return None
+
+
+def _classify(
+    entry: Entry, exact: Mapping[str, MappingTarget], loose: Mapping[str, MappingTarget]
+) -> tuple[Target, Score] | None:
+    """Which lead field an entry fills, and how sure: mapping, then hint, key, label.
+    An entry the mapping sends to a custom field fills no core field."""
+    names = (entry.dotted, *entry.aliases, entry.display)
+    for name in names:
+        if name in exact:
+            found = exact[name]
+            return (found, (0, 0, 0, 0)) if isinstance(found, Target) else None
+    for name in names:
+        loose_found = loose.get(normalise_key(name))
+        if loose_found is not None:
+            return (loose_found, (0, 1, 0, 0)) if isinstance(loose_found, Target) else None
     if entry.hint is not None:
         return entry.hint, (1, 0, 0, 0)
     for start, tail in _tails(entry, anywhere=False):
@@ -301,6 +358,15 @@ def map_payload(
 
     custom: dict[str, Any] = {}
     display: dict[str, str] = {}
+    # Entries the mapping sends to a custom field first: their keys are the ones asked for.
+    for order, entry in enumerate(extracted.entries):
+        mapped = _mapped(entry, exact, loose)
+        if isinstance(mapped, Target) or mapped is None or order in used:
+            continue
+        used.add(order)
+        if not _is_empty(entry.value):
+            custom.setdefault(mapped, entry.value)
+            display.setdefault(mapped, entry.display)
     attribution = dict(extracted.attribution)
     consent = dict(extracted.consent)
     for order, entry in enumerate(extracted.entries):

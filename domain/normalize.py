@@ -67,3 +67,35 @@ def normalise_phone(given: str | None, region: str) -> Normalised:
     return Normalised(
         given, phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), True
     )
+
+
+_PHONE_LIKE = re.compile(r"\+?[\d\s().\-/]+")
+MIN_PHONE_SEARCH_DIGITS = 3
+
+
+def phone_search_keys(text: str, region: str) -> list[str]:
+    """The digit strings a search for `text` looks for in phone numbers, when `text` looks
+    like (part of) one: its digits as typed, and, when it reads as a whole number in the
+    workspace's region, the digits of its E.164 form (`(030) 1234567` → `49301234567`).
+    Empty for text that is not phone-like, so a name search never matches by digits."""
+    text = text.strip()
+    if not _PHONE_LIKE.fullmatch(text):
+        return []
+    digits = "".join(c for c in text if c.isdigit())
+    if len(digits) < MIN_PHONE_SEARCH_DIGITS:
+        return []
+    keys = [digits]
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return keys
+    if phonenumbers.is_possible_number(number):
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        if e164[1:] not in keys:
+            keys.append(e164[1:])
+    return keys
+
+
+def phone_digits(*numbers: str | None) -> str:
+    """What phone search matches against: the digits of each form of the number, spaced."""
+    return " ".join("".join(c for c in n if c.isdigit()) for n in numbers if n)

@@ -175,7 +175,15 @@ async def update_lead(
     phone = normalise_phone(patch.phone, workspace.default_region)
 
     async def decide(lead: Lead) -> bool:
-        return lead.update(patch, actor, by_user, email.normal, phone.normal)
+        return lead.update(
+            patch,
+            actor,
+            by_user,
+            email.normal,
+            phone.normal,
+            email_valid=email.valid,
+            phone_valid=phone.valid,
+        )
 
     return await change_lead(store, workspace_id, lead_id, decide)
 

@@ -7,12 +7,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from domain.base import LoggedEvent
-from domain.leads import Lead
+from domain.leads import Lead, ReturnStatus, tag_key
+from domain.normalize import phone_digits
 from projections.base import Projection, ProjectionDb, Tables
 
 
 def _search_text(*parts: str | None) -> str:
     return " ".join(p.lower() for p in parts if p)
+
+
+def _tag_keys(tags: list[str] | tuple[str, ...]) -> list[str]:
+    return list(dict.fromkeys(tag_key(t) for t in tags))
 
 
 async def _set(db: ProjectionDb, table: str, logged: LoggedEvent, **columns: object) -> None:
@@ -31,8 +36,12 @@ async def _set(db: ProjectionDb, table: str, logged: LoggedEvent, **columns: obj
 
 
 class LeadList(Projection):
+    """Version 2 added referral, return, lead type, conversion and deletion times, the
+    case-insensitive tag keys and the phone digits search matches (`leadlog rebuild leads`
+    fills them for leads received before the upgrade)."""
+
     name = "leads"
-    version = 1
+    version = 2
     table_names = ("leads",)
     event_types = frozenset(
         {
@@ -43,6 +52,12 @@ class LeadList(Projection):
             "lead.updated",
             "lead.deleted",
             "lead.restored",
+            "lead.referred",
+            "lead.return_started",
+            "lead.return_accepted",
+            "lead.return_declined",
+            "lead.lead_type_changed",
+            "lead.converted",
         }
     )
 
@@ -74,10 +89,26 @@ class LeadList(Projection):
                 deleted          boolean     NOT NULL DEFAULT false,
                 created_at       timestamptz NOT NULL,
                 updated_at       timestamptz NOT NULL,
-                updated_position bigint      NOT NULL
+                updated_position bigint      NOT NULL,
+                tag_keys         text[]      NOT NULL DEFAULT '{{}}',
+                phone_digits     text        NOT NULL DEFAULT '',
+                lead_type_id     uuid,
+                referred_to      uuid,
+                referred_at      timestamptz,
+                return_status    text,
+                contact_id       uuid,
+                converted_at     timestamptz,
+                deleted_at       timestamptz
             );
             CREATE INDEX IF NOT EXISTS {t}_workspace_created
                 ON {t} (workspace_id, created_at DESC, id);
+            CREATE INDEX IF NOT EXISTS {t}_tag_keys ON {t} USING gin (tag_keys);
+            CREATE INDEX IF NOT EXISTS {t}_open_returns
+                ON {t} (workspace_id, created_at DESC) WHERE return_status = 'open';
+            CREATE INDEX IF NOT EXISTS {t}_contacts
+                ON {t} (workspace_id, contact_id) WHERE contact_id IS NOT NULL;
+            CREATE INDEX IF NOT EXISTS {t}_trash
+                ON {t} (workspace_id, deleted_at DESC) WHERE deleted;
             CREATE INDEX IF NOT EXISTS {t}_board
                 ON {t} (workspace_id, pipeline_id, stage_id, created_at DESC, id);
             CREATE INDEX IF NOT EXISTS {t}_request ON {t} (workspace_id, request_id);
@@ -114,6 +145,9 @@ class LeadList(Projection):
                         _search_text(event.name, d.email, event.phone_normal or d.phone, d.company),
                         event.timestamp,
                         logged.position,
+                        _tag_keys(d.tags),
+                        phone_digits(event.phone_normal, d.phone),
+                        event.lead_type_id,
                     )
                 )
             else:
@@ -128,8 +162,38 @@ class LeadList(Projection):
                     await _set(db, t, logged, status=event.new)
                 if isinstance(event, Lead.Assigned):
                     await _set(db, t, logged, assigned_to=event.new)
-                if isinstance(event, Lead.Deleted | Lead.Restored):
-                    await _set(db, t, logged, deleted=isinstance(event, Lead.Deleted))
+                if isinstance(event, Lead.Deleted):
+                    await _set(db, t, logged, deleted=True, deleted_at=event.timestamp)
+                if isinstance(event, Lead.Restored):
+                    await _set(db, t, logged, deleted=False, deleted_at=None)
+                if isinstance(event, Lead.Referred):
+                    await _set(
+                        db,
+                        t,
+                        logged,
+                        referred_to=event.partner_id,
+                        referred_at=event.timestamp,
+                        return_status=None,
+                    )
+                if isinstance(event, Lead.ReturnStarted):
+                    await _set(db, t, logged, return_status=str(ReturnStatus.OPEN))
+                if isinstance(event, Lead.ReturnAccepted):
+                    await _set(
+                        db,
+                        t,
+                        logged,
+                        return_status=str(ReturnStatus.ACCEPTED),
+                        referred_to=None,
+                        referred_at=None,
+                    )
+                if isinstance(event, Lead.ReturnDeclined):
+                    await _set(db, t, logged, return_status=str(ReturnStatus.DECLINED))
+                if isinstance(event, Lead.LeadTypeChanged):
+                    await _set(db, t, logged, lead_type_id=event.new)
+                if isinstance(event, Lead.Converted):
+                    await _set(
+                        db, t, logged, contact_id=event.contact_id, converted_at=event.timestamp
+                    )
                 if isinstance(event, Lead.Updated):
                     await self._update(db, t, event, logged.position)
         if received:
@@ -170,7 +234,8 @@ class LeadList(Projection):
         await db.execute(
             f"""UPDATE {table} SET name = $2, email = $3, phone = $4, company = $5, title = $6,
                                    tags = $7, custom_fields = $8::jsonb, search = $9,
-                                   updated_at = $10, updated_position = $11
+                                   updated_at = $10, updated_position = $11, tag_keys = $12,
+                                   phone_digits = $13
                  WHERE id = $1""",
             event.originator_id,
             values["name"],
@@ -183,6 +248,8 @@ class LeadList(Projection):
             search,
             event.timestamp,
             position,
+            _tag_keys(tags),
+            phone_digits(event.phone_normal, values["phone"]),
         )
 
     async def _insert(self, db: ProjectionDb, table: str, rows: list[tuple[object, ...]]) -> None:
@@ -191,9 +258,10 @@ class LeadList(Projection):
             INSERT INTO {table} (id, workspace_id, request_id, name, email, phone, company, title,
                                  tags, source, status, pipeline_id, stage_id, is_duplicate,
                                  duplicate_of, customer_id, campaign_id, custom_fields,
-                                 display_names, search, created_at, updated_at, updated_position)
+                                 display_names, search, created_at, updated_at, updated_position,
+                                 tag_keys, phone_digits, lead_type_id)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                    $18::jsonb, $19::jsonb, $20, $21, $21, $22)
+                    $18::jsonb, $19::jsonb, $20, $21, $21, $22, $23, $24, $25)
             ON CONFLICT (id) DO NOTHING
             """,
             rows,

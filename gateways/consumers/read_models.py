@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,55 +43,114 @@ SORTABLE = {
     "name": "lower(name)",
     "requestId": "request_id",
     "status": "status",
+    "deletedAt": "deleted_at",
 }
+
+
+class ViewNeedsRebuild(ViewBehind):
+    """The live tables predate the projection's code version (`leadlog rebuild <name>`)."""
 
 
 @dataclass(frozen=True)
 class LeadFilter:
-    """What lists and boards filter on; every field optional."""
+    """What lists and boards filter on; every field optional. Several values of one field
+    match any of them (OR); different fields must all match (AND)."""
 
     search: str | None = None
-    pipeline_id: UUID | None = None
-    stage_id: UUID | None = None
-    source: str | None = None
-    assigned_to: str | None = None
-    tag: str | None = None
-    status: str | None = None
+    phone_keys: tuple[str, ...] = ()
+    """Digit strings a phone-like `search` also matches in the lead's phone (any of them)."""
+    pipeline_id: tuple[UUID, ...] = ()
+    stage_id: tuple[UUID, ...] = ()
+    source: tuple[str, ...] = ()
+    assigned_to: tuple[str, ...] = ()
+    unassigned: bool = False
+    """With `assigned_to`, also leads assigned to nobody; alone, only those."""
+    tag: tuple[str, ...] = ()
+    """Tag keys (case-folded)."""
+    status: tuple[str, ...] = ()
     is_duplicate: bool | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    referred: bool | None = None
+    partner_id: tuple[UUID, ...] = ()
+    return_status: tuple[str, ...] = ()
+    return_open: bool | None = None
+    lead_type_id: tuple[UUID, ...] = ()
+    converted: bool | None = None
+    deleted: bool = False
+    """True: the trash (soft-deleted leads only); False: live leads only."""
 
     def where(self, workspace_id: UUID, args: list[Any]) -> str:
-        args.append(workspace_id)
-        conditions = [f"workspace_id = ${len(args)}", "NOT deleted"]
-        for column, value in (
-            ("pipeline_id", self.pipeline_id),
-            ("stage_id", self.stage_id),
-            ("source", self.source),
-            ("assigned_to", self.assigned_to),
-            ("status", self.status),
-            ("is_duplicate", self.is_duplicate),
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        conditions = [
+            f"workspace_id = {arg(workspace_id)}",
+            "deleted" if self.deleted else "NOT deleted",
+        ]
+        for column, values, kind in (
+            ("pipeline_id", self.pipeline_id, "uuid"),
+            ("stage_id", self.stage_id, "uuid"),
+            ("source", self.source, "text"),
+            ("status", self.status, "text"),
+            ("referred_to", self.partner_id, "uuid"),
+            ("return_status", self.return_status, "text"),
+            ("lead_type_id", self.lead_type_id, "uuid"),
         ):
-            if value is not None:
-                args.append(value)
-                conditions.append(f"{column} = ${len(args)}")
+            if values:
+                conditions.append(f"{column} = ANY({arg(list(values))}::{kind}[])")
+        if self.assigned_to or self.unassigned:
+            either = []
+            if self.assigned_to:
+                either.append(f"assigned_to = ANY({arg(list(self.assigned_to))}::text[])")
+            if self.unassigned:
+                either.append("assigned_to IS NULL")
+            conditions.append(f"({' OR '.join(either)})")
         if self.tag:
-            args.append(self.tag)
-            conditions.append(f"${len(args)} = ANY(tags)")
+            conditions.append(f"tag_keys && {arg(list(self.tag))}::text[]")
+        if self.is_duplicate is not None:
+            conditions.append(f"is_duplicate = {arg(self.is_duplicate)}")
+        if self.created_after is not None:
+            conditions.append(f"created_at >= {arg(self.created_after)}")
+        if self.created_before is not None:
+            conditions.append(f"created_at < {arg(self.created_before)}")
+        for column, flag in (("referred_to", self.referred), ("contact_id", self.converted)):
+            if flag is not None:
+                conditions.append(f"{column} IS {'NOT ' if flag else ''}NULL")
+        if self.return_open is not None:
+            conditions.append(
+                "return_status = 'open'"
+                if self.return_open
+                else "return_status IS DISTINCT FROM 'open'"
+            )
         if self.search:
             # Partial, case-insensitive, over name, email, phone and company; LIKE wildcards
-            # typed by the user are matched literally.
+            # typed by the user are matched literally. A phone-like search also matches the
+            # phone's digits, however the number was formatted.
             escaped = (
                 self.search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             )
-            args.append(f"%{escaped}%")
-            conditions.append(f"search LIKE ${len(args)}")
+            matches = [f"search LIKE {arg(f'%{escaped}%')}"]
+            matches += [f"phone_digits LIKE {arg(f'%{key}%')}" for key in self.phone_keys]
+            conditions.append(f"({' OR '.join(matches)})")
         return " AND ".join(conditions)
 
 
 LEAD_COLUMNS = (
     "id, request_id, name, email, phone, company, title, tags, source, status, pipeline_id, "
     "stage_id, assigned_to, is_duplicate, duplicate_of, customer_id, campaign_id, custom_fields, "
-    "display_names, created_at, updated_at"
+    "display_names, created_at, updated_at, lead_type_id, referred_to, referred_at, "
+    "return_status, contact_id, converted_at, deleted, deleted_at"
 )
+
+
+def _uuid(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 def lead_row_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -115,13 +175,21 @@ def lead_row_json(row: asyncpg.Record) -> dict[str, Any]:
         "tags": list(row["tags"]),
         "source": row["source"],
         "status": row["status"],
-        "pipelineId": str(row["pipeline_id"]) if row["pipeline_id"] else None,
-        "stageId": str(row["stage_id"]) if row["stage_id"] else None,
+        "pipelineId": _uuid(row["pipeline_id"]),
+        "stageId": _uuid(row["stage_id"]),
         "assignedTo": row["assigned_to"],
         "isDuplicate": row["is_duplicate"],
-        "duplicateOf": str(row["duplicate_of"]) if row["duplicate_of"] else None,
-        "customerId": str(row["customer_id"]) if row["customer_id"] else None,
-        "campaignId": str(row["campaign_id"]) if row["campaign_id"] else None,
+        "duplicateOf": _uuid(row["duplicate_of"]),
+        "customerId": _uuid(row["customer_id"]),
+        "campaignId": _uuid(row["campaign_id"]),
+        "leadTypeId": _uuid(row["lead_type_id"]),
+        "referredTo": _uuid(row["referred_to"]),
+        "referredAt": _iso(row["referred_at"]),
+        "returnStatus": row["return_status"],
+        "contactId": _uuid(row["contact_id"]),
+        "convertedAt": _iso(row["converted_at"]),
+        "deleted": row["deleted"],
+        "deletedAt": _iso(row["deleted_at"]),
         "customFields": {**custom, "_displayNames": names},
         "createdAt": row["created_at"].isoformat(),
         "updatedAt": row["updated_at"].isoformat(),
@@ -143,6 +211,41 @@ class LeadViews:
     async def wait_for(self, position: int, timeout: float) -> bool:
         return await self.projector.wait_for("leads", position, timeout)
 
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A connection to query the view; tables built by an older version of the
+        projection (an upgrade not yet followed by `leadlog rebuild leads`) lack columns:
+        that is `ViewNeedsRebuild`, not an error of the query."""
+        async with self.projector.pool.acquire() as conn:
+            try:
+                yield conn
+            except asyncpg.UndefinedColumnError as error:
+                raise ViewNeedsRebuild(
+                    f"the leads view predates this version ({error}); run `leadlog rebuild leads`"
+                ) from None
+
+    async def contacts(
+        self, workspace_id: UUID, *, page: int, limit: int
+    ) -> tuple[list[UUID], int]:
+        """A page of the workspace's contacts (the ones its leads were converted into),
+        the most recently converted into first."""
+        async with self._reading() as conn:
+            total = await conn.fetchval(
+                f"""SELECT count(DISTINCT contact_id) FROM {self.table}
+                     WHERE workspace_id = $1 AND contact_id IS NOT NULL""",
+                workspace_id,
+            )
+            rows = await conn.fetch(
+                f"""SELECT contact_id, max(converted_at) AS last_converted FROM {self.table}
+                     WHERE workspace_id = $1 AND contact_id IS NOT NULL
+                     GROUP BY contact_id ORDER BY last_converted DESC, contact_id
+                     LIMIT $2 OFFSET $3""",
+                workspace_id,
+                limit,
+                (page - 1) * limit,
+            )
+        return [row["contact_id"] for row in rows], int(total)
+
     async def page(
         self,
         workspace_id: UUID,
@@ -157,7 +260,7 @@ class LeadViews:
         condition = where.where(workspace_id, args)
         order = f"{SORTABLE[sort_by]} {'DESC' if descending else 'ASC'}, id"
         args_page = [*args, limit, (page - 1) * limit]
-        async with self.projector.pool.acquire() as conn:
+        async with self._reading() as conn:
             total = await conn.fetchval(
                 f"SELECT count(*) FROM {self.table} WHERE {condition}", *args
             )
@@ -185,7 +288,7 @@ class LeadViews:
             page_args.extend(cursor)
             page_condition += f" AND (created_at, id) < (${len(page_args) - 1}, ${len(page_args)})"
         page_args.append(limit + 1)
-        async with self.projector.pool.acquire() as conn:
+        async with self._reading() as conn:
             count = await conn.fetchval(
                 f"SELECT count(*) FROM {self.table} WHERE {condition}", *args
             )

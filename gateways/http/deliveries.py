@@ -14,7 +14,9 @@ from domain.workspaces import Permission
 from gateways.bootstrap import Engine
 from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
+from gateways.http.query import StrictQuery
 from gateways.http.timeline import await_view
+from gateways.http.views import After
 from handlers.deliveries import DeliveryNotFound, get_delivery, request_redelivery
 from handlers.workspaces import Principal
 from projections.deliveries import DeliveriesView
@@ -23,7 +25,6 @@ router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 
 Viewer = Annotated[Principal, Depends(requires(Permission.LEADS_VIEW))]
 Manager = Annotated[Principal, Depends(requires(Permission.LEADS_MANAGE))]
-After = Annotated[int | None, Query(ge=0)]
 Page = Annotated[int, Query(ge=1, le=100_000)]
 Limit = Annotated[int, Query(ge=1, le=200)]
 
@@ -149,7 +150,7 @@ async def list_rows(
     return list(rows), int(total)
 
 
-@router.get("")
+@router.get("", dependencies=[StrictQuery])
 async def list_deliveries(
     request: Request,
     caller: Viewer,
@@ -180,7 +181,7 @@ async def list_deliveries(
     }
 
 
-@router.get("/{delivery_id}")
+@router.get("/{delivery_id}", dependencies=[StrictQuery])
 async def get_one(delivery_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
     """One delivery with its attempts, read from its events (always current)."""
     workspace_id = workspace_of(caller, request)

@@ -130,7 +130,7 @@ async def update_form(
             engine_of(request).store, workspace_of(caller, request), form_id, changes
         )
     except ValidationError as error:
-        raise validation_error(error) from None
+        raise validation_error(error, "form") from None
     return JsonResponse(form_json(form, request, position))
 
 

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from domain.contacts import Contact
@@ -24,6 +24,8 @@ from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
 from gateways.http.lead_json import lead_json
 from gateways.http.payloads import parse_json_object, validation_error
+from gateways.http.query import StrictQuery
+from gateways.http.views import After, await_position, read_view
 from handlers import lead_commands as commands
 from handlers.lead_commands import BulkAction, Done, LeadNotFound, UnknownPartner
 from handlers.payloads import is_json
@@ -84,6 +86,24 @@ class BulkBody(Body):
     assigned_to: str | None = Field(default=None, min_length=1, max_length=200)
     add_tags: list[str] = Field(default_factory=list, max_length=100)
     remove_tags: list[str] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_tag_names(cls, data: Any) -> Any:
+        # `tagsAdd` / `tagsRemove`: the names earlier docs gave; same meaning.
+        if isinstance(data, dict):
+            data = dict(data)
+            for old, canonical in (("tagsAdd", "addTags"), ("tagsRemove", "removeTags")):
+                if old in data:
+                    if canonical in data:
+                        raise ValueError(f"give {canonical} or {old}, not both")
+                    data[canonical] = data.pop(old)
+        return data
+
+
+# PATCH /v1/leads/{id} reads its body itself (415 for non-JSON, the body limits), so the
+# OpenAPI gets the schema from the model it is validated with.
+_PATCH_SCHEMA = LeadPatch.model_json_schema(by_alias=True, mode="validation")
 
 
 def note_json(note: Note) -> dict[str, Any]:
@@ -166,10 +186,20 @@ async def add_note(
     return {**note_json(done.value), "leadId": str(lead_id), "position": done.position}
 
 
-@router.patch("/leads/{lead_id}")
+@router.patch(
+    "/leads/{lead_id}",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _PATCH_SCHEMA}},
+        }
+    },
+)
 async def update_lead(lead_id: UUID, request: Request, caller: Manager) -> dict[str, Any]:
-    """Change fields (null clears one), tags (`tags`, `addTags`, `removeTags`) and custom
-    fields (merged; null drops a key). Recorded as a user's change with old → new values."""
+    """Change fields (null clears one), tags (`tags` replaces them, `addTags` / `removeTags`
+    edit them; `tagsAdd` / `tagsRemove` are accepted too; case-insensitive) and custom fields
+    (merged; null drops a key). A new email or phone is normalised and checked as at intake
+    (`emailValid`, `phoneValid`). Recorded as a user's change with old → new values."""
     ws = workspace_of(caller, request)
     if not is_json(request.headers.get("content-type")):
         raise ApiError(415, "unsupported_media_type", "send the changes as application/json")
@@ -245,7 +275,7 @@ async def set_status(
     return done_json(done)
 
 
-@router.get("/lead-statuses", tags=["statuses"])
+@router.get("/lead-statuses", tags=["statuses"], dependencies=[StrictQuery])
 async def list_statuses(request: Request, caller: Viewer) -> dict[str, Any]:
     ws = workspace_of(caller, request)
     statuses = await commands.statuses_of(engine_of(request).store, ws)
@@ -363,7 +393,29 @@ def contact_json(contact: Contact) -> dict[str, Any]:
     }
 
 
-@router.get("/contacts/{contact_id}", tags=["contacts"])
+@router.get("/contacts", tags=["contacts"], dependencies=[StrictQuery])
+async def list_contacts(
+    request: Request,
+    caller: Viewer,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    after: After = None,
+) -> dict[str, Any]:
+    """The workspace's contacts (what its leads were converted into), the most recently
+    converted into first, paged."""
+    ws = workspace_of(caller, request)
+    engine = engine_of(request)
+    await await_position(request, after)
+    ids, total = await read_view(engine.lead_views.contacts(ws, page=page, limit=limit))
+    items = []
+    for contact_id in ids:
+        contact = await commands.load_contact(engine.store, ws, contact_id)
+        if contact is not None:
+            items.append(contact_json(contact))
+    return {"items": items, "total": total, "page": page, "limit": limit}
+
+
+@router.get("/contacts/{contact_id}", tags=["contacts"], dependencies=[StrictQuery])
 async def get_contact(contact_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
     ws = workspace_of(caller, request)
     contact = await commands.load_contact(engine_of(request).store, ws, contact_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -9,15 +10,17 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from domain.customers import Customer
-from domain.leads import Lead, LeadDetails, MissingName, Source
+from domain.leads import Lead, LeadDetails, MissingName, ReturnStatus, Source
+from domain.normalize import phone_search_keys
 from domain.workspaces import Permission
 from gateways.consumers.read_models import LeadFilter
 from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
 from gateways.http.lead_json import lead_json, receipt_json
 from gateways.http.payloads import idempotency_key, parse_json_object, validation_error
+from gateways.http.query import StrictQuery, utc
 from gateways.http.timeline import lead_timeline
-from gateways.http.views import await_position
+from gateways.http.views import After, await_position, read_view
 from handlers import intake as commands
 from handlers.intake import Intake, UnknownCustomer
 from handlers.payloads import is_json
@@ -28,14 +31,14 @@ router = APIRouter(prefix="/v1", tags=["leads"])
 Viewer = Annotated[Principal, Depends(requires(Permission.LEADS_VIEW))]
 Manager = Annotated[Principal, Depends(requires(Permission.LEADS_MANAGE))]
 
-SortBy = Literal["createdAt", "updatedAt", "name", "requestId", "status"]
+SortBy = Literal["createdAt", "updatedAt", "name", "requestId", "status", "deletedAt"]
 
 
 def parse_details(data: dict[str, Any]) -> LeadDetails:
     try:
         return LeadDetails.model_validate(data)
     except ValidationError as error:
-        raise validation_error(error) from None
+        raise validation_error(error, "lead") from None
 
 
 async def receive(request: Request, intake: Intake) -> JsonResponse:
@@ -72,48 +75,107 @@ async def create_lead(request: Request, caller: Manager) -> JsonResponse:
     )
 
 
-@router.get("/leads")
+Strings = list[str] | None
+Ids = list[UUID] | None
+
+
+def _texts(values: list[str] | None, max_length: int = 200) -> tuple[str, ...]:
+    """A repeated filter's values, trimmed and lower-cased (statuses, sources and tags
+    compare case-insensitively); each at most `max_length` characters."""
+    out: dict[str, None] = {}
+    for value in values or ():
+        text = value.strip()
+        if len(text) > max_length:
+            raise ApiError(422, "validation_failed", f"a filter value is over {max_length} chars")
+        if text:
+            out.setdefault(text.casefold(), None)
+    return tuple(out)
+
+
+@router.get("/leads", dependencies=[StrictQuery])
 async def list_leads(
     request: Request,
     caller: Viewer,
     search: Annotated[str | None, Query(max_length=200)] = None,
-    stage_id: Annotated[UUID | None, Query(alias="stageId")] = None,
-    pipeline_id: Annotated[UUID | None, Query(alias="pipelineId")] = None,
-    source: str | None = None,
-    assigned_to: Annotated[str | None, Query(alias="assignedTo")] = None,
-    tag: str | None = None,
-    status: str | None = None,
+    stage_id: Annotated[Ids, Query(alias="stageId")] = None,
+    pipeline_id: Annotated[Ids, Query(alias="pipelineId")] = None,
+    source: Annotated[Strings, Query()] = None,
+    assigned_to: Annotated[
+        Strings, Query(alias="assignedTo", description="a user id, or `none` for unassigned")
+    ] = None,
+    tag: Annotated[Strings, Query(description="case-insensitive")] = None,
+    status: Annotated[Strings, Query()] = None,
     is_duplicate: Annotated[bool | None, Query(alias="isDuplicate")] = None,
+    created_after: Annotated[
+        datetime | None, Query(alias="createdAfter", description="ISO-8601, inclusive")
+    ] = None,
+    created_before: Annotated[
+        datetime | None, Query(alias="createdBefore", description="ISO-8601, exclusive")
+    ] = None,
+    referred: bool | None = None,
+    partner_id: Annotated[Ids, Query(alias="partnerId", description="referred to")] = None,
+    return_open: Annotated[bool | None, Query(alias="returnOpen")] = None,
+    return_status: Annotated[list[ReturnStatus] | None, Query(alias="returnStatus")] = None,
+    lead_type_id: Annotated[Ids, Query(alias="leadTypeId")] = None,
+    converted: bool | None = None,
+    deleted: Annotated[
+        bool, Query(description="true: the trash (soft-deleted leads), newest deleted first")
+    ] = False,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    sort_by: Annotated[SortBy, Query(alias="sortBy")] = "createdAt",
+    sort_by: Annotated[SortBy | None, Query(alias="sortBy")] = None,
     sort_order: Annotated[Literal["asc", "desc"], Query(alias="sortOrder")] = "desc",
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: After = None,
 ) -> dict[str, Any]:
-    """The workspace's leads, filtered, sorted and paged (`after`: read your own writes)."""
+    """The workspace's leads, filtered, sorted and paged (`after`: read your own writes).
+
+    A filter given several times matches any of its values (`?status=new&status=backlog`);
+    different filters must all match. `assignedTo=none` is the unassigned leads; a search
+    that looks like a phone number also matches however the number was formatted."""
     workspace_id = workspace_of(caller, request)
-    await await_position(request, after)
-    items, total = await engine_of(request).lead_views.page(
-        workspace_id,
-        LeadFilter(
-            search=search,
-            pipeline_id=pipeline_id,
-            stage_id=stage_id,
-            source=source,
-            assigned_to=assigned_to,
-            tag=tag,
-            status=status,
-            is_duplicate=is_duplicate,
+    engine = engine_of(request)
+    assignees = _texts(assigned_to)
+    phone_keys: tuple[str, ...] = ()
+    if search and search.strip():
+        phone_keys = tuple(phone_search_keys(search, await engine.intake.region_of(workspace_id)))
+    where = LeadFilter(
+        search=search,
+        phone_keys=phone_keys,
+        pipeline_id=tuple(dict.fromkeys(pipeline_id or ())),
+        stage_id=tuple(dict.fromkeys(stage_id or ())),
+        source=_texts(source),
+        assigned_to=tuple(
+            dict.fromkeys(v.strip() for v in assigned_to or () if v.strip().casefold() != "none")
         ),
-        page=page,
-        limit=limit,
-        sort_by=sort_by,
-        descending=sort_order == "desc",
+        unassigned="none" in assignees,
+        tag=_texts(tag),
+        status=_texts(status),
+        is_duplicate=is_duplicate,
+        created_after=utc(created_after),
+        created_before=utc(created_before),
+        referred=referred,
+        partner_id=tuple(dict.fromkeys(partner_id or ())),
+        return_status=tuple(dict.fromkeys(str(r) for r in return_status or ())),
+        return_open=return_open,
+        lead_type_id=tuple(dict.fromkeys(lead_type_id or ())),
+        converted=converted,
+        deleted=deleted,
+    )
+    await await_position(request, after)
+    items, total = await read_view(
+        engine.lead_views.page(
+            workspace_id,
+            where,
+            page=page,
+            limit=limit,
+            sort_by=sort_by or ("deletedAt" if deleted else "createdAt"),
+            descending=sort_order == "desc",
+        )
     )
     return {"items": items, "total": total, "page": page, "limit": limit}
 
 
-@router.get("/leads/{lead_id}")
+@router.get("/leads/{lead_id}", dependencies=[StrictQuery])
 async def get_lead(lead_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
     """One lead, current from its events: fields, custom fields with display names, tags,
     notes, milestones, and its ten most recent timeline entries."""
@@ -171,7 +233,7 @@ async def activate_customer(customer_id: UUID, request: Request, caller: Manager
     return {"id": str(customer_id), "active": True, "position": position}
 
 
-@router.get("/customers/{customer_id}", tags=["customers"])
+@router.get("/customers/{customer_id}", tags=["customers"], dependencies=[StrictQuery])
 async def get_customer(customer_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
     workspace_id = workspace_of(caller, request)
     customer = await engine_of(request).store.load(Customer, customer_id)

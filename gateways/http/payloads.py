@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
 
 from gateways.http.errors import ApiError
 from handlers import payloads
@@ -40,17 +41,24 @@ def parse_form(body: bytes) -> dict[str, Any]:
         raise _api_error(error) from None
 
 
-def validation_error(error: ValidationError) -> ApiError:
-    """A pydantic error as the 422 the API gives, with where and what."""
-    return ApiError(
-        422,
-        "validation_failed",
-        "the lead is not valid",
-        [
-            {"location": list(e["loc"]), "message": e["msg"], "type": e["type"]}
-            for e in error.errors(include_url=False, include_input=False)
-        ],
-    )
+def validation_error(error: ValidationError, resource: str = "lead") -> ApiError:
+    """A pydantic error as the 422 the API gives: the message names the resource (`"the
+    form is not valid"`) and the first field at fault, the details list each problem's
+    location and what is wrong."""
+    problems = [
+        {
+            # In the wire's names (`redirectUrl`), whichever names the model validated by.
+            "location": [to_camel(p) if isinstance(p, str) else p for p in e["loc"]],
+            "message": e["msg"],
+            "type": e["type"],
+        }
+        for e in error.errors(include_url=False, include_input=False)
+    ]
+    message = f"the {resource} is not valid"
+    if problems:
+        where = ".".join(str(part) for part in problems[0]["location"])
+        message += f": {where + ': ' if where else ''}{problems[0]['message']}"
+    return ApiError(422, "validation_failed", message, problems)
 
 
 MAX_IDEMPOTENCY_KEY = 255

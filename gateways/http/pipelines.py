@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -12,12 +13,15 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from domain.leads import tag_key
+from domain.normalize import phone_search_keys
 from domain.pipelines import InvalidPipeline, Pipeline, Stage, StageType
 from domain.workspaces import Permission, Workspace
 from gateways.consumers.read_models import LeadFilter, LeadsInStagesView
 from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
-from gateways.http.views import await_position
+from gateways.http.query import StrictQuery
+from gateways.http.views import After, await_position, read_view
 from handlers import pipelines as commands
 from handlers.pipelines import PipelineNotFound
 from handlers.workspaces import Principal
@@ -33,8 +37,12 @@ class StageBody(BaseModel):
 
     id: UUID | None = None
     name: str = Field(min_length=1, max_length=100)
-    color: str = Field(default="#64748B", pattern=r"^#[0-9A-Fa-f]{6}$")
-    type: StageType = StageType.OPEN
+    # Left out: an existing stage (by id) keeps its own; a new one gets the default.
+    color: str | None = Field(default=None, pattern=r"^#[0-9A-Fa-f]{6}$")
+    type: StageType | None = None
+
+
+DEFAULT_COLOR = "#64748B"
 
 
 class CreatePipeline(BaseModel):
@@ -52,10 +60,19 @@ class UpdatePipeline(BaseModel):
     move_leads_to: dict[UUID, UUID] = Field(default_factory=dict, alias="moveLeadsTo")
 
 
-def to_stages(bodies: list[StageBody]) -> list[Stage]:
+def to_stages(bodies: list[StageBody], current: list[Stage] | None = None) -> list[Stage]:
+    """The stages a body describes; colour and type left out of a stage of `current` (by
+    id) stay as they are (renaming one stage must not repaint the others)."""
+    known = {s.id: s for s in current or ()}
     try:
         return [
-            Stage(id=b.id or uuid.uuid4(), name=b.name, color=b.color, type=b.type) for b in bodies
+            Stage(
+                id=b.id or uuid.uuid4(),
+                name=b.name,
+                color=b.color or (known[b.id].color if b.id in known else DEFAULT_COLOR),
+                type=b.type or (known[b.id].type if b.id in known else StageType.OPEN),
+            )
+            for b in bodies
         ]
     except ValidationError as error:
         raise ApiError(422, "validation_failed", str(error)) from None
@@ -124,13 +141,14 @@ async def update_pipeline(
     workspace_id = workspace_of(caller, request)
     engine = engine_of(request)
     try:
+        current = await commands.load_pipeline(engine.store, workspace_id, pipeline_id)
         changed = await commands.update_pipeline(
             engine.store,
             LeadsInStagesView(engine.lead_views),
             workspace_id,
             pipeline_id,
             name=body.name.strip() if body.name else None,
-            stages=to_stages(body.stages) if body.stages is not None else None,
+            stages=to_stages(body.stages, current.stages) if body.stages is not None else None,
             move_leads_to=body.move_leads_to,
             actor=actor_of(caller),
         )
@@ -174,28 +192,44 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime, UUID] | None:
         raise ApiError(400, "bad_cursor", "the cursor is not one this API gave out") from None
 
 
-@router.get("/{pipeline_id}/board")
+@router.get("/{pipeline_id}/board", dependencies=[StrictQuery])
 async def board(
     pipeline_id: UUID,
     request: Request,
     caller: Viewer,
     search: Annotated[str | None, Query(max_length=200)] = None,
-    source: str | None = None,
-    assigned_to: Annotated[str | None, Query(alias="assignedTo")] = None,
-    tag: str | None = None,
+    source: Annotated[list[str] | None, Query()] = None,
+    assigned_to: Annotated[
+        list[str] | None,
+        Query(alias="assignedTo", description="a user id, or `none` for unassigned"),
+    ] = None,
+    tag: Annotated[list[str] | None, Query(description="case-insensitive")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     stage_id: Annotated[UUID | None, Query(alias="stageId")] = None,
-    cursor: str | None = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    after: After = None,
 ) -> dict[str, Any]:
     """Columns in stage order with their counts and first cards; `stageId` + `cursor` pages
-    one column further."""
+    one column further. Filters as on `GET /v1/leads` (repeat one to match any value)."""
     workspace_id = workspace_of(caller, request)
     engine = engine_of(request)
     try:
         pipeline = await commands.load_pipeline(engine.store, workspace_id, pipeline_id)
     except PipelineNotFound as error:
         raise ApiError(404, "not_found", str(error)) from None
+    phone_keys: tuple[str, ...] = ()
+    if search and search.strip():
+        phone_keys = tuple(phone_search_keys(search, await engine.intake.region_of(workspace_id)))
+    assignees = [v.strip() for v in assigned_to or () if v.strip()]
+    base = LeadFilter(
+        search=search,
+        phone_keys=phone_keys,
+        pipeline_id=(pipeline.id,),
+        source=tuple(dict.fromkeys(v.strip().casefold() for v in source or () if v.strip())),
+        assigned_to=tuple(dict.fromkeys(v for v in assignees if v.casefold() != "none")),
+        unassigned=any(v.casefold() == "none" for v in assignees),
+        tag=tuple(dict.fromkeys(tag_key(v.strip()) for v in tag or () if v.strip())),
+    )
     await await_position(request, after)
     stages = pipeline.stages
     if stage_id is not None:
@@ -204,19 +238,13 @@ async def board(
             raise ApiError(404, "not_found", f"stage {stage_id} is not in this pipeline")
     columns = []
     for stage in stages:
-        where = LeadFilter(
-            search=search,
-            pipeline_id=pipeline.id,
-            stage_id=stage.id,
-            source=source,
-            assigned_to=assigned_to,
-            tag=tag,
-        )
-        cards, count, next_cursor = await engine.lead_views.column(
-            workspace_id,
-            where,
-            limit=limit,
-            cursor=_decode_cursor(cursor) if stage_id is not None else None,
+        cards, count, next_cursor = await read_view(
+            engine.lead_views.column(
+                workspace_id,
+                replace(base, stage_id=(stage.id,)),
+                limit=limit,
+                cursor=_decode_cursor(cursor) if stage_id is not None else None,
+            )
         )
         columns.append(
             {

@@ -15,7 +15,8 @@ from domain.workspaces import Permission
 from gateways.bootstrap import Engine
 from gateways.http.auth import engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
-from gateways.http.views import MAX_WAIT
+from gateways.http.query import StrictQuery
+from gateways.http.views import MAX_WAIT, After
 from handlers.workspaces import Principal
 from projections.submissions import SubmissionsView
 from projections.timeline import (
@@ -32,7 +33,6 @@ from projections.timeline import (
 router = APIRouter(prefix="/v1", tags=["timeline"])
 
 Viewer = Annotated[Principal, Depends(requires(Permission.LEADS_VIEW))]
-After = Annotated[int | None, Query(ge=0)]
 Page = Annotated[int, Query(ge=1, le=100_000)]
 Limit = Annotated[int, Query(ge=1, le=200)]
 
@@ -130,7 +130,7 @@ def submission_json(row: asyncpg.Record) -> dict[str, Any]:
 _SUBMISSION_COLUMNS = "id, lead_id, campaign_id, source, status, snapshot, created_at, updated_at"
 
 
-@router.get("/leads/{lead_id}/timeline")
+@router.get("/leads/{lead_id}/timeline", dependencies=[StrictQuery])
 async def lead_timeline(
     lead_id: UUID,
     request: Request,
@@ -185,7 +185,7 @@ async def lead_timeline(
     return {"items": items, "total": int(total), "page": page, "limit": limit}
 
 
-@router.get("/leads/{lead_id}/submissions")
+@router.get("/leads/{lead_id}/submissions", dependencies=[StrictQuery])
 async def lead_submissions(
     lead_id: UUID, request: Request, caller: Viewer, after: After = None
 ) -> dict[str, Any]:
@@ -206,7 +206,7 @@ async def lead_submissions(
     return {"items": [submission_json(r) for r in rows], "total": len(rows)}
 
 
-@router.get("/submissions")
+@router.get("/submissions", dependencies=[StrictQuery])
 async def list_submissions(
     request: Request,
     caller: Viewer,

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from domain.leads import LeadDetails, merge_tags
 from domain.mapping import InvalidFieldMapping, clean_field_mapping, map_payload
+from domain.normalize import phone_digits, phone_search_keys
 from domain.payload_fields import UnusablePayload, camel_case, normalise_key
 from domain.source_formats import SourceFormat, detect_format
 
@@ -874,3 +876,40 @@ def test_key_helpers() -> None:
     assert camel_case("contact.first_name") == "contactFirstName"
     assert camel_case("Café Größe") == "caféGröße"
     assert camel_case("???") == ""
+
+
+def test_a_mapping_can_target_a_custom_field_in_the_csv_syntax() -> None:
+    cleaned = clean_field_mapping(
+        {"Roof": "custom:roofType", "notes": "customFields.siteNotes", "mail": "Email"}
+    )
+    assert cleaned == {
+        "Roof": "customFields.roofType",
+        "notes": "customFields.siteNotes",
+        "mail": "email",
+    }
+    mapped = map_payload(
+        {"Roof": "flat", "notes": "gate code 12", "mail": "a@b.example", "email": "x@y.example"},
+        field_mapping=cleaned,
+    )
+    details = mapped.details
+    assert details.email == "a@b.example"
+    assert details.custom_fields["roofType"] == "flat"
+    # `notes` would otherwise be the description; the mapping sends it to a custom field.
+    assert details.custom_fields["siteNotes"] == "gate code 12" and details.description is None
+    assert details.display_names["roofType"] == "Roof"
+    for bad in ("custom:", "custom:1abc", "customFields.has space", "colour"):
+        with pytest.raises(InvalidFieldMapping):
+            clean_field_mapping({"x": bad})
+
+
+def test_tags_dedupe_case_insensitively_keeping_the_first_spelling() -> None:
+    assert LeadDetails(tags=("Hot", "hot", " HOT ", "vip")).tags == ("Hot", "vip")
+    assert merge_tags(["Hot", "vip"], None, ("HOT", "New"), ("VIP",)) == ["Hot", "New"]
+    assert merge_tags(["Hot"], ("hot", "Cold"), (), ()) == ["hot", "Cold"]
+
+
+def test_phone_search_keys() -> None:
+    assert phone_search_keys("(555) 555-2671", "US") == ["5555552671", "15555552671"]
+    assert phone_search_keys("030 1234567", "DE") == ["0301234567", "49301234567"]
+    assert phone_search_keys("Ann", "US") == [] and phone_search_keys("12", "US") == []
+    assert phone_digits("+12015552671", "(201) 555-2671") == "12015552671 2015552671"

@@ -19,6 +19,9 @@ from gateways.settings import Settings
 from projections.leads import LeadList
 from tests.conftest import Servers, leadlog_cli
 
+V = LeadList.version
+"""The live tables of a fresh engine are `leads_v<V>`; each rebuild adds one."""
+
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -98,19 +101,21 @@ async def test_readers_never_see_an_empty_or_partial_view_during_a_rebuild(
         assert later[0] >= earlier[0] and later[1] >= earlier[1], (earlier, later)
     assert all(on_board >= before and in_view >= before for on_board, in_view, _ in seen)
 
-    assert dict(result.old_tables) == {"leads": "leads_v1"}
-    assert dict(result.new_tables) == {"leads": "leads_v2"}
-    assert result.kept == ["leads_v1"]
-    assert engine.projector.tables("leads")["leads"] == "leads_v2"
-    assert "leads_v2" in await view_target(engine, "leads")
+    assert dict(result.old_tables) == {"leads": f"leads_v{V}"}
+    assert dict(result.new_tables) == {"leads": f"leads_v{V + 1}"}
+    assert result.kept == [f"leads_v{V}"]
+    assert engine.projector.tables("leads")["leads"] == f"leads_v{V + 1}"
+    assert f"leads_v{V + 1}" in await view_target(engine, "leads")
     live = await engine.pool.fetchrow(
         "SELECT live_version, live_tables FROM projection_versions WHERE name = 'leads'"
     )
     assert live is not None
-    assert live["live_version"] == 1 and json.loads(live["live_tables"]) == {"leads": "leads_v2"}
+    assert live["live_version"] == V and json.loads(live["live_tables"]) == {
+        "leads": f"leads_v{V + 1}"
+    }
     assert (
         await engine.pool.fetchval(
-            "SELECT count(*) FROM tracking WHERE consumer = 'projection:leads:v2'"
+            f"SELECT count(*) FROM tracking WHERE consumer = 'projection:leads:v{V + 1}'"
         )
         == 0
     )
@@ -119,14 +124,18 @@ async def test_readers_never_see_an_empty_or_partial_view_during_a_rebuild(
     after = await add(client, ws, "After the swap")
     total = await board_count(client, ws, after["position"])
     assert total == await engine.pool.fetchval(
-        "SELECT count(*) FROM leads_v2 WHERE workspace_id = $1::uuid", ws["id"]
+        f"SELECT count(*) FROM leads_v{V + 1} WHERE workspace_id = $1::uuid", ws["id"]
     )
     assert (
-        await engine.pool.fetchval("SELECT count(*) FROM leads_v2 WHERE id = $1::uuid", after["id"])
+        await engine.pool.fetchval(
+            f"SELECT count(*) FROM leads_v{V + 1} WHERE id = $1::uuid", after["id"]
+        )
         == 1
     )
     assert (
-        await engine.pool.fetchval("SELECT count(*) FROM leads_v1 WHERE id = $1::uuid", after["id"])
+        await engine.pool.fetchval(
+            f"SELECT count(*) FROM leads_v{V} WHERE id = $1::uuid", after["id"]
+        )
         == 0
     )
     [status] = [s for s in await engine.projector.status() if s.name == "leads"]
@@ -153,16 +162,16 @@ async def test_an_interrupted_rebuild_resumes_or_restarts(
     with pytest.raises(asyncio.CancelledError):
         await task
     interrupted = await engine.pool.fetchval(
-        "SELECT position FROM tracking WHERE consumer = 'projection:leads:v2'"
+        f"SELECT position FROM tracking WHERE consumer = 'projection:leads:v{V + 1}'"
     )
     assert interrupted and interrupted > 0
-    assert engine.projector.tables("leads")["leads"] == "leads_v1"
-    assert "leads_v1" in await view_target(engine, "leads")
+    assert engine.projector.tables("leads")["leads"] == f"leads_v{V}"
+    assert f"leads_v{V}" in await view_target(engine, "leads")
 
     resumed = await rebuild(engine.projector, LeadList(), verify=True)
     assert resumed.resumed_from == interrupted
     assert resumed.differences == 0 and resumed.verified is not None
-    assert engine.projector.tables("leads")["leads"] == "leads_v2"
+    assert engine.projector.tables("leads")["leads"] == f"leads_v{V + 1}"
 
     # Interrupt the next one, then throw it away and start over.
     halfway.clear()
@@ -172,12 +181,12 @@ async def test_an_interrupted_rebuild_resumes_or_restarts(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await engine.pool.fetchval(
-        "SELECT position FROM tracking WHERE consumer = 'projection:leads:v3'"
+        f"SELECT position FROM tracking WHERE consumer = 'projection:leads:v{V + 2}'"
     )
     again = await rebuild(engine.projector, LeadList(), restart=True, verify=True)
     assert again.resumed_from == 0 and again.differences == 0
-    assert dict(again.new_tables) == {"leads": "leads_v3"}
-    assert again.dropped == ["leads_v1"] and again.kept == ["leads_v2"]
+    assert dict(again.new_tables) == {"leads": f"leads_v{V + 2}"}
+    assert again.dropped == [f"leads_v{V}"] and again.kept == [f"leads_v{V + 1}"]
 
 
 async def test_verify_reports_a_tampered_row_and_the_swap_repairs_it(
@@ -191,8 +200,10 @@ async def test_verify_reports_a_tampered_row_and_the_swap_repairs_it(
     assert diff.differing == 0 and diff.live_rows == diff.rebuilt_rows == 10
 
     victim = leads[3]["id"]
-    await engine.pool.execute("UPDATE leads_v2 SET name = 'tampered' WHERE id = $1::uuid", victim)
-    await engine.pool.execute("DELETE FROM leads_v2 WHERE id = $1::uuid", leads[5]["id"])
+    await engine.pool.execute(
+        f"UPDATE leads_v{V + 1} SET name = 'tampered' WHERE id = $1::uuid", victim
+    )
+    await engine.pool.execute(f"DELETE FROM leads_v{V + 1} WHERE id = $1::uuid", leads[5]["id"])
     checked = await rebuild(engine.projector, LeadList(), verify=True)
     assert checked.verified is not None
     [diff] = checked.verified
@@ -236,21 +247,23 @@ async def test_cli_rebuild_in_another_process_while_this_one_serves(
     done = await asyncio.to_thread(cli, servers, settings, "rebuild", "leads", "--verify", "--json")
     assert done.returncode == 0, done.stderr
     [report] = json.loads(done.stdout)
-    assert report["newTables"] == {"leads": "leads_v2"}
+    assert report["newTables"] == {"leads": f"leads_v{V + 1}"}
     assert report["verify"]["differences"] == 0
 
     # This process's live runner follows the swap made elsewhere at its next batch.
     after = await add(client, ws, "After the swap")
     assert await board_count(client, ws, after["position"]) == 11
-    assert engine.projector.tables("leads")["leads"] == "leads_v2"
+    assert engine.projector.tables("leads")["leads"] == f"leads_v{V + 1}"
     assert (
-        await engine.pool.fetchval("SELECT count(*) FROM leads_v2 WHERE id = $1::uuid", after["id"])
+        await engine.pool.fetchval(
+            f"SELECT count(*) FROM leads_v{V + 1} WHERE id = $1::uuid", after["id"]
+        )
         == 1
     )
 
     human = await asyncio.to_thread(cli, servers, settings, "rebuild", "--all")
     assert human.returncode == 0, human.stderr
-    assert "rebuilt leads" in human.stdout and "leads_v3" in human.stdout
+    assert "rebuilt leads" in human.stdout and f"leads_v{V + 2}" in human.stdout
     assert "rebuilt workspaces" in human.stdout
 
     for bad, message in (
@@ -264,7 +277,7 @@ async def test_cli_rebuild_in_another_process_while_this_one_serves(
 
 
 class NewerLeads(LeadList):
-    version = 2
+    version = LeadList.version + 1
 
 
 async def wait_until(check: Any, timeout: float = 10.0) -> bool:
@@ -290,18 +303,18 @@ async def test_a_new_version_waiting_elsewhere_takes_over_after_the_rebuild(
         assert before.state == State.NEEDS_REBUILD
         builder = Projector(engine.pool, engine.log, engine.store, [NewerLeads()])
         result = await rebuild(builder, NewerLeads(), verify=True)
-        assert result.verify_note and "version 1" in result.verify_note
+        assert result.verify_note and f"version {V}" in result.verify_note
         live = await engine.pool.fetchrow(
             "SELECT live_version, live_tables FROM projection_versions WHERE name = 'leads'"
         )
-        assert live is not None and live["live_version"] == 2
+        assert live is not None and live["live_version"] == V + 1
 
         async def taken_over() -> bool:
             [status] = await waiting.status()
             return status.state == State.RUNNING
 
         assert await wait_until(taken_over)
-        assert waiting.tables("leads")["leads"] == "leads_v2"
+        assert waiting.tables("leads")["leads"] == f"leads_v{V + 1}"
         after = await add(client, ws, "After the swap")
         assert await waiting.wait_for("leads", after["position"], 10)
         assert (
@@ -317,6 +330,6 @@ async def test_a_new_version_waiting_elsewhere_takes_over_after_the_rebuild(
             return [s.state for s in statuses if s.name == "leads"] == [State.NEEDS_REBUILD]
 
         assert await wait_until(stood_down)
-        assert engine.projector.tables("leads")["leads"] == "leads_v1"
+        assert engine.projector.tables("leads")["leads"] == f"leads_v{V}"
     finally:
         await waiting.stop()
