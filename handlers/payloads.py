@@ -85,17 +85,44 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
+def _undecodable(text: str) -> bool:
+    """True when `text` holds bytes that percent-decoding left undecoded (lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_form(body: bytes) -> dict[str, Any]:
-    """An x-www-form-urlencoded body; a repeated key keeps all its values as a list."""
+    """An x-www-form-urlencoded body; a repeated key keeps all its values as a list.
+
+    Percent-encoded bytes must be UTF-8 too (`name=%ff%fe` is refused, naming the field).
+    """
     text = _text(body)
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS)
+        # surrogateescape rather than strict: the same refusal, but it can name the field.
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            max_num_fields=MAX_FIELDS,
+            encoding="utf-8",
+            errors="surrogateescape",
+        )
     except ValueError:
         raise BodyRefused(
             422, "too_many_fields", f"the body has more than {MAX_FIELDS} fields"
         ) from None
     data: dict[str, Any] = {}
     for key, value in pairs:
+        if _undecodable(key) or _undecodable(value):
+            field = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise BodyRefused(
+                400,
+                "invalid_utf8",
+                f"the form field {field!r} is not valid UTF-8 once percent-decoded",
+                {"field": field},
+            )
         if key in data:
             existing = data[key]
             data[key] = [*existing, value] if isinstance(existing, list) else [existing, value]

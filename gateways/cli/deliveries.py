@@ -7,16 +7,15 @@ from uuid import UUID
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from domain.deliveries import DeliveryKind, DeliveryState, InvalidRedelivery
 from gateways.bootstrap import Engine
-from gateways.cli.common import emit, fail, out, with_engine
+from gateways.cli.common import emit, fail, new_app, out, show, table, verb, with_engine
 from gateways.http.deliveries import delivery_row_json, list_rows
 from handlers.deliveries import DeliveryNotFound, request_redelivery
 
-deliveries_app = typer.Typer(help="Outbound webhooks and emails.", no_args_is_help=True)
+deliveries_app = new_app("Outbound webhooks and emails.")
 
 CLI_ACTOR = "operator:cli"
 
@@ -26,7 +25,7 @@ def deliveries() -> None:
     """Outbound webhooks and emails."""
 
 
-@deliveries_app.command("list")
+@verb(deliveries_app, "list")
 def list_command(
     lead: Annotated[UUID | None, typer.Option(help="only this lead's")] = None,
     state: Annotated[DeliveryState | None, typer.Option(help="only in this state")] = None,
@@ -53,12 +52,22 @@ def list_command(
         emit({"items": items, "total": total}, True, "")
         return
     if not items:
-        out.print("no deliveries")
+        out().print("no deliveries")
         return
-    table = Table("id", "lead", "kind", "event", "target", "state", "attempts", "last")
+    shown = table(
+        "id",
+        "lead",
+        "kind",
+        "event",
+        "target",
+        "state",
+        "attempts",
+        "last",
+        whole=("id", "lead", "kind", "state", "attempts"),
+    )
     for item in items:
         last = item["lastError"] or (str(item["lastStatus"]) if item["lastStatus"] else "")
-        table.add_row(
+        shown.add_row(
             str(item["id"]),
             str(item["leadId"]),
             str(item["kind"]),
@@ -68,12 +77,12 @@ def list_command(
             str(item["attempts"]),
             Text(str(last)),
         )
-    out.print(table)
+    show(shown)
     if total > len(items):
-        out.print(f"[dim]{total - len(items)} more not shown (--limit)[/]")
+        out().print(f"[dim]{total - len(items)} more not shown (--limit)[/]")
 
 
-@deliveries_app.command("redeliver")
+@verb(deliveries_app, "redeliver")
 def redeliver_command(
     delivery_id: UUID,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for machines")] = False,

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import orjson
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -21,10 +21,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.text import Text
 
 from domain.csv_mapping import MappingError, parse_mapping
-from gateways.cli.common import fail, with_engine
+from gateways.cli.common import command, err, fail, new_app, out, rate, show, table, with_engine
 from handlers import imports as importing
 from handlers.imports import CsvImport, ImportInterrupted, ImportRefused, ImportReport
 from handlers.workspaces import WorkspaceNotFound
@@ -35,9 +35,7 @@ if TYPE_CHECKING:
 CHUNK_BYTES = 256 * 1024
 SHOWN_REJECTIONS = 20
 
-app = typer.Typer(help="Import leads from a CSV file.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
+app = new_app("Import leads from a CSV file.")
 
 
 async def _read(stream: BinaryIO) -> AsyncIterator[bytes]:
@@ -47,24 +45,22 @@ async def _read(stream: BinaryIO) -> AsyncIterator[bytes]:
 
 def _summary(report: ImportReport) -> None:
     state = "complete" if report.complete else "[bold red]incomplete[/]"
-    rate = report.rows_total / report.seconds if report.seconds else 0.0
-    out.print(
-        f"import [bold]{report.import_id}[/] {state}: {report.rows_total} rows, "
+    out().print(
+        f"import [bold]{escape(report.import_id)}[/] {state}: {report.rows_total} rows, "
         f"[green]{report.accepted} accepted[/] ({report.duplicates} duplicates, "
         f"{report.replayed} already imported), [red]{report.rejected} rejected[/] "
-        f"in {report.seconds:.1f}s ({rate:,.0f} rows/s)"
+        f"in {report.seconds:.1f}s ({rate(report.rows_total, report.seconds, 'rows')})"
     )
     if report.rejections:
-        table = Table("row", "line", "reason", title="rejected rows")
+        shown = table("row", "line", "reason", whole=("row", "line"), title="rejected rows")
         for rejection in report.rejections[:SHOWN_REJECTIONS]:
-            table.add_row(str(rejection.row), str(rejection.line), rejection.reason)
-        out.print(table)
+            shown.add_row(str(rejection.row), str(rejection.line), Text(rejection.reason))
+        show(shown)
         more = report.rejected - min(len(report.rejections), SHOWN_REJECTIONS)
         if more:
-            out.print(f"… and {more} more rejected rows (--json lists the first 1000)")
+            out().print(f"… and {more} more rejected rows (--json lists the first 1000)")
 
 
-@app.command("import")
 def import_command(
     file: Annotated[
         Path,
@@ -106,7 +102,8 @@ def import_command(
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=err, disable=not err.is_terminal) as progress:
+        stderr = err()
+        with Progress(*columns, console=stderr, disable=not stderr.is_terminal) as progress:
             task = progress.add_task("importing", total=size)
 
             def tell(state: importing.Progress) -> None:
@@ -151,8 +148,10 @@ def emit(report: ImportReport, as_json: bool) -> None:
 
 
 def register(cli: typer.Typer) -> None:
-    cli.command("import")(import_command)
+    command(cli, import_command, "import")
 
+
+register(app)
 
 if __name__ == "__main__":
     app()

@@ -10,10 +10,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from gateways.cli.common import emit, out, with_engine
+from gateways.cli.common import emit, new_app, out, show, table, verb, with_engine
 from handlers.dead_letters import DeadLetterView, list_dead_letters
 
-intake_app = typer.Typer(help="Inspect lead intake channels.", no_args_is_help=True)
+intake_app = new_app("Inspect lead intake channels.")
 
 
 @intake_app.callback()
@@ -54,23 +54,22 @@ def excerpt(body: str, size: int = EXCERPT) -> str:
 
 
 def dead_letters_table(views: list[DeadLetterView]) -> Table:
-    table = Table("received (UTC)", "subject", "reason", "body")
-    table.columns[1].overflow = "fold"
+    shown = table("received (UTC)", "subject", "reason", "body", whole=("received (UTC)",))
     for view in views:
         event = view.event
         reason = Text(event.reason)
         reason.append("\n" + excerpt(event.detail, 80), style="dim")
         # Text, not str: a body is the publisher's, and rich would read `[...]` as markup.
-        table.add_row(
+        shown.add_row(
             Text(event.received_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")),
             Text(event.subject),
             reason,
             Text(excerpt(event.body) + (" (truncated)" if event.body_truncated else "")),
         )
-    return table
+    return shown
 
 
-@intake_app.command("dead-letters")
+@verb(intake_app, "dead-letters")
 def dead_letters(
     workspace: Annotated[UUID | None, typer.Option(help="only this workspace's")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="at most this many")] = 50,
@@ -82,7 +81,10 @@ def dead_letters(
     if as_json:
         emit([dead_letter_json(v) for v in views], True, "")
         return
-    out.print(dead_letters_table(views) if views else "no dead letters")
+    if views:
+        show(dead_letters_table(views))
+    else:
+        out().print("no dead letters")
 
 
 def register(app: typer.Typer) -> None:

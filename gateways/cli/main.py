@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import typer
-
 from gateways.cli import deliveries, imports, intake, ops, serve, workspaces
+from gateways.cli.common import new_app
 
-app = typer.Typer(help="leadlog: an event-sourced lead processing engine.", no_args_is_help=True)
+app = new_app("leadlog: an event-sourced lead processing engine.")
 serve.register(app)
 workspaces.register(app)
 ops.register(app)

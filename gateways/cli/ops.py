@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -21,7 +24,20 @@ from rich.table import Table
 from rich.text import Text
 
 from gateways.bootstrap import PROJECTIONS, Engine
-from gateways.cli.common import JsonFlag, emit, err, fail, out, with_engine
+from gateways.cli.common import (
+    JsonFlag,
+    command,
+    emit,
+    err,
+    fail,
+    new_app,
+    out,
+    piped,
+    rate,
+    show,
+    table,
+    with_engine,
+)
 from gateways.consumers.audit import WAIT, AuditReport, ProjectionAudit, verify
 from gateways.consumers.consumer_state import ProjectionFailed
 from gateways.consumers.rebuild import SHOWN_KEYS, RebuildError, RebuildResult, find, rebuild
@@ -31,12 +47,34 @@ from projections.base import Projection
 
 
 class _EventsPerSecond(ProgressColumn):
+    """Log positions a second between the first and the latest report of progress; rich's
+    own speed divides by the gap between two samples, which can be microseconds."""
+
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} events/s" if speed else "- events/s", style="cyan")
+        first, last = task.fields.get("first"), task.fields.get("last")
+        if first is None or last is None:
+            return Text("- events/s", style="cyan")
+        return Text(rate(last[1] - first[1], last[0] - first[0], "events"), style="cyan")
+
+
+def _tracker(
+    bar: Progress, name: str, clock: Callable[[], float] = time.monotonic
+) -> Callable[[int, int], None]:
+    """A progress task and the callback that moves it to `position` of `target`."""
+    task = bar.add_task(name, total=None)
+    first: list[tuple[float, int]] = []
+
+    def advance(position: int, target: int) -> None:
+        now = (clock(), position)
+        first[:] = first or [now]
+        bar.update(task, completed=position, total=max(target, 1), first=first[0], last=now)
+
+    return advance
 
 
 def _progress(enabled: bool) -> Progress:
+    """A progress bar on stderr when it is a terminal (to a file it would be a last frame
+    cut to 80 columns)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -45,8 +83,8 @@ def _progress(enabled: bool) -> Progress:
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=err,
-        disable=not enabled,
+        console=err(),
+        disable=not enabled or piped(sys.stderr),
         transient=False,
     )
 
@@ -54,16 +92,23 @@ def _progress(enabled: bool) -> Progress:
 def _verify_table(result: RebuildResult) -> Table | str:
     if result.verify_note:
         return result.verify_note
-    table = Table("table", "live rows", "rebuilt rows", "differing", "first differing keys")
+    shown = table(
+        "table",
+        "live rows",
+        "rebuilt rows",
+        "differing",
+        "first differing keys",
+        whole=("live rows", "rebuilt rows", "differing", "first differing keys"),
+    )
     for diff in result.verified or []:
-        table.add_row(
+        shown.add_row(
             f"{diff.logical} ({diff.live_table} vs {diff.rebuilt_table})",
             str(diff.live_rows),
             str(diff.rebuilt_rows),
             Text(str(diff.differing), style="red" if diff.differing else "green"),
-            "\n".join(diff.first_keys),
+            Text("\n".join(diff.first_keys)),
         )
-    return table
+    return shown
 
 
 def rebuild_command(
@@ -99,18 +144,13 @@ def rebuild_command(
         results = []
         with _progress(not as_json) as bar:
             for each in chosen:
-                task = bar.add_task(each.name, total=None)
-
-                def advance(position: int, head: int, task: Any = task) -> None:
-                    bar.update(task, completed=position, total=max(head, 1))
-
                 results.append(
                     await rebuild(
                         engine.projector,
                         each,
                         verify=verify,
                         restart=restart,
-                        on_progress=advance,
+                        on_progress=_tracker(bar, each.name),
                     )
                 )
         return results
@@ -125,7 +165,7 @@ def rebuild_command(
             "again to resume from there"
         ) from None
     except KeyboardInterrupt:
-        err.print(
+        err().print(
             "interrupted: the live view is unchanged; run the same command again to resume "
             "(or add --restart to start over)"
         )
@@ -134,20 +174,24 @@ def rebuild_command(
         emit([r.json() for r in results], True, "")
     else:
         for result in results:
-            rate = result.events / result.seconds if result.seconds > 0 else 0.0
             resumed = f", resumed from {result.resumed_from}" if result.resumed_from else ""
-            out.print(
+            out().print(
                 f"rebuilt [bold]{result.name}[/]: "
                 f"{', '.join(result.old_tables.values())} → "
                 f"{', '.join(result.new_tables.values())} at position {result.position} "
-                f"({result.events} events in {result.seconds:.1f}s, {rate:,.0f} events/s"
+                f"({result.events} events in {result.seconds:.1f}s, "
+                f"{rate(result.events, result.seconds, 'events')}"
                 f"{resumed}); kept {', '.join(result.kept) or 'nothing'}"
                 + (f", dropped {', '.join(result.dropped)}" if result.dropped else "")
             )
             if verify:
-                out.print(_verify_table(result))
+                checked = _verify_table(result)
+                if isinstance(checked, Table):
+                    show(checked)
+                else:
+                    out().print(checked)
     if verify and any(r.differences for r in results):
-        err.print(
+        err().print(
             "[yellow]the live view differed from the log; the rebuilt one now serves[/]",
         )
 
@@ -190,8 +234,10 @@ def replay_command(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """A lead's complete history from the log (time, actor or channel, what changed), and
-    with --at / --position its state as it was then."""
+    """A lead's complete history from the log: time, actor or channel, what changed.
+
+    With --at or --position, also the lead's state as it was at that time or position.
+    """
     try:
         cut = Cut(at=parse_time(at) if at is not None else None, position=position)
     except HistoryError as error:
@@ -208,31 +254,34 @@ def replay_command(
     if as_json:
         emit(report, True, "")
         return
-    out.print(
+    out().print(
         f"lead [bold]{report['leadId']}[/] (request {report['requestId']}, "
         f"workspace {report['workspaceId']})"
     )
-    table = Table("position", "time", "actor / channel", "event", "what changed")
-    for column in table.columns:
-        column.overflow = "fold"
+    history = table(
+        "position", "time", "actor / channel", "event", "what changed", whole=("position", "time")
+    )
     for item in report["items"]:
-        table.add_row(
+        # Text, not str: summaries and values are the user's, and rich would read `[...]`.
+        event = Text(str(item["summary"]))
+        event.append(f"\n{item['eventType']}", style="dim")
+        history.add_row(
             str(item["position"]),
-            item["recordedAt"],
-            item["actor"],
-            f"{item['summary']}\n[dim]{item['eventType']}[/]",
-            _change_text(item["changes"]),
+            str(item["recordedAt"]),
+            Text(str(item["actor"])),
+            event,
+            Text(_change_text(item["changes"])),
         )
-    out.print(table)
+    show(history)
     if report["later"]:
-        out.print(f"[dim]{report['later']} later event(s) not shown[/]")
+        out().print(f"[dim]{report['later']} later event(s) not shown[/]")
     if cut.at is not None or cut.position is not None:
         state = report["state"]
-        as_of = Table("field", f"value {cut.describe()}")
+        as_of = table("field", f"value {cut.describe()}", whole=("field",))
         for name in _STATE_FIELDS:
             value = state.get(name)
-            as_of.add_row(name, "" if value is None else str(value))
-        out.print(as_of)
+            as_of.add_row(name, Text("" if value is None else str(value)))
+        show(as_of)
 
 
 def _show(value: Any) -> str:
@@ -240,38 +289,40 @@ def _show(value: Any) -> str:
 
 
 def _audit_summary(report: AuditReport) -> Table:
-    table = Table("projection", "position", "events replayed", "rows compared", "differences")
-    table.add_column("note", overflow="fold")
+    shown = table(
+        "projection",
+        "position",
+        "events replayed",
+        "rows compared",
+        "differences",
+        "note",
+        whole=("projection", "position", "events replayed", "rows compared", "differences"),
+    )
     for audit in report.projections:
         if not audit.compared:
             verdict = Text("not compared", style="yellow")
         else:
             verdict = Text(str(audit.differences), style="red" if audit.differences else "green")
-        table.add_row(
+        shown.add_row(
             audit.name,
             str(audit.position) if audit.compared else "-",
             str(audit.events),
             str(audit.rows) if audit.compared else "-",
             verdict,
-            audit.note or "",
+            Text(audit.note or ""),
         )
-    return table
+    return shown
 
 
 def _audit_details(audit: ProjectionAudit) -> list[Table]:
     """Per table: rows on each side and how many differ, then the first differing rows."""
-    tables = Table(
-        "table",
-        "live rows",
-        "replayed rows",
-        "missing",
-        "extra",
-        "changed",
-        title=f"{audit.name} at position {audit.position}",
+    counts = ("live rows", "replayed rows", "missing", "extra", "changed")
+    tables = table(
+        "table", *counts, whole=counts, title=f"{audit.name} at position {audit.position}"
     )
-    rows = Table("table", "key", "difference", title=f"{audit.name}: first differing rows")
-    for column in rows.columns:
-        column.overflow = "fold"
+    rows = table(
+        "table", "key", "difference", whole=("key",), title=f"{audit.name}: first differing rows"
+    )
     for diff in audit.tables:
         tables.add_row(
             f"{diff.logical} ({diff.live_table} vs {diff.rebuilt_table})",
@@ -293,7 +344,7 @@ def _audit_details(audit: ProjectionAudit) -> list[Table]:
                 what = "missing from the live view"
             else:
                 what = "only in the live view (the log does not yield it)"
-            rows.add_row(diff.logical, example.key, what)
+            rows.add_row(diff.logical, Text(example.key), Text(what))
     return [tables, rows] if rows.rows else [tables]
 
 
@@ -336,12 +387,12 @@ def audit_verify_command(
 
     async def work(engine: Engine) -> AuditReport:
         with _progress(not as_json) as bar:
-            tasks: dict[str, Any] = {}
+            tasks: dict[str, Callable[[int, int], None]] = {}
 
             def advance(name: str, position: int, target: int) -> None:
                 if name not in tasks:
-                    tasks[name] = bar.add_task(name, total=None)
-                bar.update(tasks[name], completed=position, total=max(target, 1))
+                    tasks[name] = _tracker(bar, name)
+                tasks[name](position, target)
 
             return await verify(
                 engine.projector, chosen, wait=wait, shown=examples, on_progress=advance
@@ -350,25 +401,25 @@ def audit_verify_command(
     try:
         report = with_engine(work)
     except KeyboardInterrupt:
-        err.print("interrupted: nothing live was changed and the scratch copies are gone")
+        err().print("interrupted: nothing live was changed and the scratch copies are gone")
         raise typer.Exit(130) from None
     if as_json:
         emit(report.json(), True, "")
     else:
-        out.print(f"log head at the start: position {report.head}")
-        out.print(_audit_summary(report))
+        out().print(f"log head at the start: position {report.head}")
+        show(_audit_summary(report))
         for audit in report.projections:
             if audit.differences:
-                for table in _audit_details(audit):
-                    out.print(table)
+                for details in _audit_details(audit):
+                    show(details)
         if report.clean:
-            out.print("[green]every view matches the log[/]")
+            out().print("[green]every view matches the log[/]")
         elif report.differences:
-            out.print(
+            out().print(
                 f"[red]{report.differences} differing row(s) between the views and the log[/]"
             )
         else:
-            out.print("[yellow]not every view could be compared (see the notes)[/]")
+            out().print("[yellow]not every view could be compared (see the notes)[/]")
     if not report.clean:
         raise typer.Exit(1)
 
@@ -380,28 +431,32 @@ def status_command(as_json: JsonFlag = False) -> None:
     if as_json:
         emit(report, True, "")
         return
-    out.print(f"log head: position {report['head']}")
-    table = Table("consumer", "position", "lag (events)", "lag (s)", "last error")
+    out().print(f"log head: position {report['head']}")
+    numbers = ("position", "lag (events)", "lag (s)")
+    shown = table("consumer", *numbers, "last error", whole=("consumer", *numbers))
     consumers = report["consumers"]
     assert isinstance(consumers, list)
     for consumer in consumers:
-        table.add_row(
+        shown.add_row(
             consumer["name"],
             str(consumer["position"]),
             str(consumer["lagEvents"]),
             str(consumer["lagSeconds"]),
             Text(consumer["lastError"] or "", style="red"),
         )
-    out.print(table if consumers else "no consumers have recorded a position yet")
+    if consumers:
+        show(shown)
+    else:
+        out().print("no consumers have recorded a position yet")
     backlog = report["natsIntake"]
     if isinstance(backlog, dict):
-        out.print(
+        out().print(
             f"NATS intake: {backlog['pending']} waiting, {backlog['ackPending']} in progress, "
             f"{backlog['redelivered']} redelivered"
         )
     deliveries = report.get("deliveries")
     if isinstance(deliveries, dict):
-        out.print(
+        out().print(
             f"deliveries: {deliveries['pending']} pending (oldest due "
             f"{deliveries['oldestPendingSeconds']} s ago), {deliveries['failed']} failed, "
             f"{deliveries['disabled']} disabled, {deliveries['succeeded']} succeeded"
@@ -409,15 +464,15 @@ def status_command(as_json: JsonFlag = False) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("status")(status_command)
-    app.command("rebuild")(rebuild_command)
-    app.command("replay")(replay_command)
-    audit_app = typer.Typer(help="Check the views against the log.", no_args_is_help=True)
-    audit_app.command("verify")(audit_verify_command)
+    command(app, status_command, "status")
+    command(app, rebuild_command, "rebuild")
+    command(app, replay_command, "replay")
+    audit_app = new_app("Check the views against the log.")
+    command(audit_app, audit_verify_command, "verify")
     app.add_typer(audit_app, name="audit")
 
 
 if __name__ == "__main__":  # `python -m gateways.cli.ops …`, e.g. before the wiring exists
-    standalone = typer.Typer(no_args_is_help=True)
+    standalone = new_app("leadlog operator verbs.")
     register(standalone)
     standalone()

@@ -17,7 +17,7 @@ import uvicorn
 import uvloop
 
 from gateways.bootstrap import start_engine
-from gateways.cli.common import err, fail
+from gateways.cli.common import command, err, fail
 from gateways.embedded.stack import EmbeddedStackError, StackAlreadyRunning
 from gateways.http.app import create_app
 from gateways.logs import configure_logging
@@ -80,14 +80,16 @@ async def _serve(
                 lifespan="off",
                 http="httptools",
             )
-            err.print(
+            err().print(
                 f"leadlog is up on http://{settings.http_host}:{settings.http_port} "
                 f"({servers}{'' if workers else '; no workers'}); Ctrl-C stops it",
                 soft_wrap=True,
             )
             await _Server(config).serve()
         else:
-            err.print(f"leadlog workers are running ({servers}); Ctrl-C stops them", soft_wrap=True)
+            err().print(
+                f"leadlog workers are running ({servers}); Ctrl-C stops them", soft_wrap=True
+            )
             await _until_stopped()
     finally:
         for worker in reversed(running):
@@ -128,9 +130,9 @@ def _run(
         )
     token, created = admin_token(settings)
     if created:
-        err.print(f"operator token (saved in {settings.data_dir / 'admin-token'}): {token}")
+        err().print(f"operator token (saved in {settings.data_dir / 'admin-token'}): {token}")
     elif not settings.admin_token:
-        err.print(f"operator token: see {settings.data_dir / 'admin-token'}")
+        err().print(f"operator token: see {settings.data_dir / 'admin-token'}")
     if not start_servers and not (settings.database_url and settings.nats_url):
         raise fail("`serve` needs LEADLOG_DATABASE_URL and LEADLOG_NATS_URL (or use `leadlog up`)")
     try:
@@ -155,9 +157,11 @@ class ServeRole(StrEnum):
 
 
 def serve(role: Annotated[ServeRole, typer.Argument(help="what to serve")]) -> None:
-    """Serve one role against configured servers (LEADLOG_DATABASE_URL, LEADLOG_NATS_URL):
-    `api` the HTTP app alone, `workers` the projections, reactions, NATS intake and relay
-    alone. Run one `workers` beside any number of `api` processes."""
+    """Serve one role against configured servers (LEADLOG_DATABASE_URL, LEADLOG_NATS_URL).
+
+    `api` serves the HTTP app alone; `workers` runs the projections, reactions, NATS intake
+    and relay alone. Run one `workers` beside any number of `api` processes.
+    """
     if role is ServeRole.api:
         _run(Settings(), start_servers=False, workers=False)
     else:
@@ -165,5 +169,5 @@ def serve(role: Annotated[ServeRole, typer.Argument(help="what to serve")]) -> N
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(up)
-    app.command()(serve)
+    command(app, up)
+    command(app, serve)

@@ -6,17 +6,18 @@ from typing import Annotated
 from uuid import UUID
 
 import typer
-from rich.table import Table
+from rich.markup import escape
+from rich.text import Text
 
 from domain.workspaces import InvalidName, Role
-from gateways.cli.common import JsonFlag, emit, fail, out, with_engine
+from gateways.cli.common import JsonFlag, emit, fail, new_app, out, show, table, verb, with_engine
 from handlers import workspaces as commands
 
-workspaces_app = typer.Typer(help="Create and list workspaces.", no_args_is_help=True)
-tokens_app = typer.Typer(help="Issue and revoke API tokens.", no_args_is_help=True)
+workspaces_app = new_app("Create and list workspaces.")
+tokens_app = new_app("Issue and revoke API tokens.")
 
 
-@workspaces_app.command("create")
+@verb(workspaces_app, "create")
 def workspaces_create(
     name: str,
     region: Annotated[str, typer.Option(help="default phone region (ISO 3166)")] = "US",
@@ -32,11 +33,11 @@ def workspaces_create(
     emit(
         {"id": str(created.id), "name": name.strip(), "position": created.position},
         as_json,
-        f"created workspace [bold]{name.strip()}[/] {created.id}",
+        f"created workspace [bold]{escape(name.strip())}[/] {created.id}",
     )
 
 
-@workspaces_app.command("list")
+@verb(workspaces_app, "list")
 def workspaces_list(as_json: JsonFlag = False) -> None:
     """List every workspace."""
     views = with_engine(lambda e: commands.list_workspaces(e.store))
@@ -47,13 +48,16 @@ def workspaces_list(as_json: JsonFlag = False) -> None:
             "",
         )
         return
-    table = Table("id", "name", "region")
+    if not views:
+        out().print("no workspaces")
+        return
+    shown = table("id", "name", "region", whole=("id", "region"))
     for view in views:
-        table.add_row(str(view.id), view.name, view.default_region)
-    out.print(table)
+        shown.add_row(str(view.id), Text(view.name), view.default_region)
+    show(shown)
 
 
-@tokens_app.command("create")
+@verb(tokens_app, "create")
 def tokens_create(
     workspace: Annotated[UUID, typer.Option(help="the workspace id")],
     role: Annotated[Role, typer.Option(help="the token's role")],
@@ -74,7 +78,7 @@ def tokens_create(
     )
 
 
-@tokens_app.command("revoke")
+@verb(tokens_app, "revoke")
 def tokens_revoke(
     token_id: UUID,
     workspace: Annotated[UUID, typer.Option(help="the workspace id")],
@@ -84,7 +88,7 @@ def tokens_revoke(
         with_engine(lambda e: commands.revoke_token(e.store, workspace, token_id))
     except commands.TokenNotFound as error:
         raise fail(str(error)) from None
-    out.print(f"revoked token {token_id}")
+    out().print(f"revoked token {token_id}")
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import nats
 import psutil
 import pytest
 
@@ -27,17 +26,11 @@ from gateways.settings import Settings
 from handlers.intake import Intake, activate_customer, register_customer
 from handlers.workspaces import create_workspace
 from tests.conftest import Servers, drop_schema
+from tests.engine_process import free_port, remove_streams
 
 pytestmark = pytest.mark.timeout(240)
 
 LEADLOG = str(Path(sys.executable).parent / "leadlog")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -60,23 +53,6 @@ def environment(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
-
-
-def remove_streams(nats_url: str, prefix: str) -> None:
-    """The JetStream streams a test's `leadlog` process made on a shared server."""
-
-    async def remove() -> None:
-        client = await nats.connect(nats_url)
-        try:
-            jsm = client.jetstream()
-            for stream in await jsm.streams_info():
-                name = stream.config.name or ""
-                if name.upper().startswith(prefix.upper()):
-                    await jsm.delete_stream(name)
-        finally:
-            await client.close()
-
-    asyncio.run(remove())
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -116,7 +92,9 @@ def test_up_on_embedded_servers(data_dir: Path) -> None:
     )
     try:
         health = wait_healthy(process, port)
-        assert health.json()["checks"] == {"postgres": {"ok": True}, "nats": {"ok": True}}
+        checks = health.json()["checks"]
+        assert checks["postgres"] == {"ok": True} and checks["nats"] == {"ok": True}
+        assert all(check["ok"] for check in checks.values()), checks
 
         stack = json.loads((data_dir / "stack.json").read_text())
         assert stack["postgres_port"] not in (5432, 4222)

@@ -434,3 +434,17 @@ def test_reading_a_submission_is_pure() -> None:
     }
     bad = read_submission(settings, {"email": ["", "x"], "size": "lots"})
     assert bad.errors == {"email": "Email is required", "size": "Size (m²) must be a number"}
+
+
+async def test_percent_encoded_invalid_utf8_is_refused(
+    client: httpx.AsyncClient, workspace: dict[str, str], engine: Engine
+) -> None:
+    form = await create_form(client, workspace)
+    before = await engine.store.max_position()
+    response = await client.post(
+        form["url"], content=b"name=%ff%fe&email=a%40b.test&roofType=flat", headers=FORM_TYPE
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert "not valid UTF-8" in response.text and "name" in response.text
+    assert await engine.store.max_position() == before

@@ -647,3 +647,20 @@ async def test_stats_count_what_the_webhook_received(
     finally:
         for worker in reversed(workers):
             await worker.stop()
+
+
+async def test_percent_encoded_invalid_utf8_in_a_form_is_refused(
+    client: httpx.AsyncClient, workspace: Workspace, engine: Engine
+) -> None:
+    webhook = await create(client, workspace)
+    before = await engine.store.max_position()
+    for body, field in ((b"name=%ff%fe", "name"), (b"email=a%40b.test&company=Acme%C3", "company")):
+        response = await client.post(
+            f"/webhooks/leads/{webhook['apiKey']}",
+            content=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == "invalid_utf8" and error["details"] == {"field": field}
+    assert await engine.store.max_position() == before

@@ -1,0 +1,1 @@
+"""Tests of `handlers` that need no servers."""
