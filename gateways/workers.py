@@ -9,6 +9,7 @@ from gateways.consumers.action_shards import ActionWorkers
 from gateways.consumers.reactor import Reactor
 from gateways.consumers.read_models import PendingLeadsTable
 from gateways.consumers.timers import AbandonmentTimers
+from gateways.consumers.upgrade import UpgradeRebuilds
 from gateways.nats.intake import NatsIntake
 from gateways.nats.relay import NatsRelay
 from gateways.outbound.deliveries import delivery_worker
@@ -29,6 +30,7 @@ def build_workers(engine: Engine) -> list[Worker]:
     release = ReleasePendingLeads(engine.store, PendingLeadsTable(engine.projector))
     return [
         engine.projector,
+        UpgradeRebuilds(engine.projector),
         Reactor(engine.log, engine.store, release),
         ActionWorkers(engine.log, engine.store, ActionRunner(engine.store)),
         AbandonmentTimers(engine.projector, engine.store, interval=engine.settings.timer_interval),
