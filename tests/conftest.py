@@ -128,15 +128,15 @@ def store(log: PostgresLog) -> PostgresEventStore:
 ADMIN_TOKEN = "test-operator-token"
 
 
+def settings_for(schema_name: str, nats_prefix: str, **overrides: Any) -> Settings:
+    """A test's settings: its schema and prefix, the test operator, fast timers."""
+    values: dict[str, Any] = {"admin_token": ADMIN_TOKEN, "timer_interval": 0.1} | overrides
+    return Settings(database_schema=schema_name, nats_prefix=nats_prefix, **values)
+
+
 @pytest.fixture
 def settings(schema_name: str, nats_prefix: str) -> Settings:
-    return Settings(
-        database_schema=schema_name,
-        nats_prefix=nats_prefix,
-        admin_token=ADMIN_TOKEN,
-        max_body_bytes=64 * 1024,
-        timer_interval=0.1,
-    )
+    return settings_for(schema_name, nats_prefix, max_body_bytes=64 * 1024)
 
 
 @pytest.fixture

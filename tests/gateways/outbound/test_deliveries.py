@@ -35,7 +35,13 @@ from gateways.outbound.smtp_sender import NO_SERVER
 from gateways.outbound.webhook_sender import BlockedTarget, WebhookSender
 from gateways.settings import Settings
 from handlers.ports import Append
-from tests.conftest import ADMIN_TOKEN, OPERATOR, Servers, leadlog_cli, make_workspace
+from tests.conftest import (
+    OPERATOR,
+    Servers,
+    leadlog_cli,
+    make_workspace,
+    settings_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,11 +50,9 @@ BASE = 0.1  # retry backoff base in these tests (seconds)
 
 @pytest.fixture
 def settings(schema_name: str, nats_prefix: str) -> Settings:
-    return Settings(
-        database_schema=schema_name,
-        nats_prefix=nats_prefix,
-        admin_token=ADMIN_TOKEN,
-        timer_interval=0.1,
+    return settings_for(
+        schema_name,
+        nats_prefix,
         allow_private_webhook_targets=True,
         webhook_retry_base_seconds=BASE,
         webhook_retry_cap_seconds=5.0,
