@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all test-local lint bench lock clean
+.PHONY: setup run test test-all test-slow test-local lint bench lock clean
 
 # Installs exactly the versions (and hashes) in requirements.lock; `make lock` refreshes it
 # from the ranges in pyproject.toml.
@@ -25,6 +25,10 @@ test: setup
 
 test-all: setup
 	$(BIN)/pytest -n 2 --dist loadfile -m ''
+
+# only the tests marked slow (outages, soak, fuzzing at length)
+test-slow: setup
+	$(BIN)/pytest -n 2 --dist loadfile -m slow
 
 # the integration tests against already-running servers (this machine's PostgreSQL and NATS)
 test-local: setup
