@@ -1,4 +1,5 @@
-"""Outbound deliveries (webhooks, emails) that lead-type actions schedule: the outbox.
+"""Outbound deliveries (webhooks, emails) that lead-type actions schedule, and the referral
+webhooks partners are sent: the outbox.
 
 An action does not call out while it is decided: it schedules a `Delivery` in the same
 transaction as its decision and the runner's checkpoint. A delivery worker then sends it,
@@ -8,7 +9,12 @@ deduplicate.
 
 Retries: up to `max_attempts` (1 + the action's retries) per round, with exponential
 backoff and full jitter, or the receiver's `Retry-After` when it gives one. A 410 Gone ends
-the delivery and disables the action. A manual redelivery starts a new round.
+the delivery and disables the action (for a partner's referral webhook: the partner's
+webhook). A manual redelivery starts a new round.
+
+A partner's referral webhook (`partner_id` set) has no lead type or action: its
+`lead_type_id` is `NO_LEAD_TYPE` and its `action_id` is the partner's id; it is signed with
+the partner's secret.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from eventsourcing.domain import event
 
 from domain.base import Aggregate
 from domain.triggers import Trigger
+
+NO_LEAD_TYPE = UUID(int=0)
+"""The `lead_type_id` of a delivery no lead type scheduled (a partner's referral webhook)."""
 
 
 class DeliveryKind(StrEnum):
@@ -84,6 +93,8 @@ class Delivery(Aggregate):
         headers: dict[str, str]
         max_attempts: int
         timeout_seconds: float
+        # The partner a referral webhook goes to (signed with its secret); None for an action's.
+        partner_id: UUID | None = None
 
         @property
         def timeline_category(self) -> str:
@@ -133,8 +144,10 @@ class Delivery(Aggregate):
         headers: dict[str, str],
         max_attempts: int,
         timeout_seconds: float,
+        partner_id: UUID | None = None,
     ) -> None:
         self.workspace_id = workspace_id
+        self.partner_id = partner_id
         self.lead_id = lead_id
         self.lead_type_id = lead_type_id
         self.action_id = action_id

@@ -8,6 +8,9 @@ referral) is what the next action sees; a webhook's payload is the lead as it is
 point. A Change Lead Type action does not change which actions run for the rest of the
 trigger: they were chosen from the type the trigger started with.
 
+A referral (however it was made: by hand, by a Refer action, or on receipt by a lead type
+that refers immediately) also schedules the partner's referral webhook, in the same append.
+
 Everything decided (the lead's own events, an `ActionTaken` record per action that ran or
 was skipped for a reason, and the deliveries scheduled) is returned as one `Append`; the
 worker adds its checkpoint, so a trigger's actions are decided exactly once. The changes
@@ -56,6 +59,7 @@ from domain.partners import Partner
 from domain.triggers import EVENT_TYPE_CODES, Trigger, triggers_of
 from domain.users import User
 from handlers.lead_commands import statuses_of
+from handlers.partners import referral_delivery
 from handlers.ports import Allocation, Append, EventStore
 from handlers.users import UnknownGroup, group_members
 
@@ -205,7 +209,33 @@ class ActionRunner:
         self.lead_types = lead_types or LeadTypes(store)
 
     async def decide(self, logged: LoggedEvent) -> Append | None:
-        """The writes the event's triggers lead to, or None when there are none."""
+        """The writes the event leads to, or None when there are none: its triggers'
+        actions, and for a referral the partner's referral webhook (scheduled here, with
+        the shard's checkpoint, so once per referral however it was made)."""
+        referral = await self._referral(logged)
+        decided = await self._actions(logged)
+        if not referral:
+            return decided
+        if decided is None:
+            return Append(logged.workspace_id, events=referral)
+        decided.events = [*referral, *decided.events]
+        return decided
+
+    async def _referral(self, logged: LoggedEvent) -> list[DomainEvent]:
+        """The partner's referral webhook for a `Referred` event (the lead as it was right
+        after the referral), if the partner is sent referrals."""
+        event = logged.event
+        if not isinstance(event, Lead.Referred):
+            return []
+        partner = await self.store.load(Partner, event.partner_id)
+        if partner is None or partner.workspace_id != logged.workspace_id:
+            return []
+        lead = await self.store.load(Lead, event.originator_id, version=event.originator_version)
+        delivery = referral_delivery(lead, partner, event) if lead is not None else None
+        return list(delivery.collect_events()) if delivery is not None else []
+
+    async def _actions(self, logged: LoggedEvent) -> Append | None:
+        """The writes the event's triggers' actions lead to, or None."""
         event = logged.event
         # Both receipt variants: whether the lead is referred on receipt is decided later.
         triggers = list(

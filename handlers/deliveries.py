@@ -8,6 +8,7 @@ from uuid import UUID
 
 from domain.deliveries import Delivery, DeliveryState, Outcome
 from domain.lead_types import LeadType
+from domain.partners import Partner
 from handlers.ports import Append, ConcurrencyConflict, EventStore
 
 MAX_CONFLICT_RETRIES = 20
@@ -55,7 +56,8 @@ async def record_attempt(
     now: datetime,
     policy: RetryPolicy,
 ) -> Recorded | None:
-    """Append the attempt (and, on a 410, the action switched off in the same append).
+    """Append the attempt (and, on a 410, the action, or for a referral webhook the
+    partner's webhook, switched off in the same append).
 
     On a concurrent change the delivery is reloaded: an attempt on a delivery that is no
     longer pending (someone else finished it) is dropped, None; otherwise it is recorded
@@ -72,7 +74,11 @@ async def record_attempt(
             cap_seconds=policy.cap_seconds,
         )
         events = list(delivery.collect_events())
-        if outcome is Outcome.DISABLED:
+        if outcome is Outcome.DISABLED and delivery.partner_id is not None:
+            partner = await store.load(Partner, delivery.partner_id)
+            if partner is not None and partner.disable_webhook(disabled_reason(delivery)):
+                events.extend(partner.collect_events())
+        elif outcome is Outcome.DISABLED:
             lead_type = await store.load(LeadType, delivery.lead_type_id)
             if lead_type is not None and lead_type.disable_action(
                 delivery.action_id, disabled_reason(delivery)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from domain.leads import Lead, LeadDetails
+from domain.partners import PartnerLeadView
 from handlers.intake import Receipt
 
 
@@ -51,6 +52,12 @@ def lead_json(lead: Lead) -> dict[str, Any]:
         "createdAt": lead.created_on.isoformat(),
         "updatedAt": lead.modified_on.isoformat(),
     }
+
+
+def partner_lead_json(lead: Lead) -> dict[str, Any]:
+    """The lead as the partner it is referred to sees it (`domain.partners.PartnerLeadView`,
+    which the referral webhook carries too)."""
+    return PartnerLeadView.of(lead).wire()
 
 
 def receipt_json(receipt: Receipt) -> dict[str, Any]:

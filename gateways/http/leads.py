@@ -1,7 +1,13 @@
-"""Routes for leads entered by hand and read back, and the customers leads belong to."""
+"""Routes for leads entered by hand and read back, and the customers leads belong to.
+
+A partner token reads too: the leads referred to its partner now (live, not handed back by
+an accepted return, not referred elsewhere since), each as `PartnerLeadView` shows it; any
+other lead is a 404 to it, exactly like a missing one.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -12,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from domain.customers import Customer
 from domain.leads import Lead, LeadDetails, MissingName, ReturnStatus, Source
 from domain.normalize import phone_search_keys
+from domain.partners import referred_to
 from domain.workspaces import Permission
 from gateways.consumers.read_models import LeadFilter
-from gateways.http.auth import actor_of, engine_of, requires, workspace_of
+from gateways.http.auth import actor_of, engine_of, lead_reader, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
-from gateways.http.lead_json import lead_json, receipt_json
+from gateways.http.lead_json import lead_json, partner_lead_json, receipt_json
 from gateways.http.payloads import idempotency_key, parse_json_object, validation_error
 from gateways.http.query import StrictQuery, utc
 from gateways.http.timeline import lead_timeline
@@ -30,8 +37,27 @@ router = APIRouter(prefix="/v1", tags=["leads"])
 
 Viewer = Annotated[Principal, Depends(requires(Permission.LEADS_VIEW))]
 Manager = Annotated[Principal, Depends(requires(Permission.LEADS_MANAGE))]
+# A viewer, or a partner token (which sees only the leads referred to its partner).
+Reader = Annotated[Principal, Depends(lead_reader)]
 
 SortBy = Literal["createdAt", "updatedAt", "name", "requestId", "status", "deletedAt"]
+
+PARTNER_PARAMETERS = frozenset(
+    {
+        "search",
+        "createdAfter",
+        "createdBefore",
+        "returnStatus",
+        "page",
+        "limit",
+        "sortBy",
+        "sortOrder",
+        "after",
+    }
+)
+"""The list's query parameters a partner token may use: the rest filter on what a referral
+does not share."""
+PARTNER_SORTS = frozenset({"createdAt", "name", "requestId"})
 
 
 def parse_details(data: dict[str, Any]) -> LeadDetails:
@@ -92,10 +118,45 @@ def _texts(values: list[str] | None, max_length: int = 200) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _partner_query(request: Request, sort_by: str | None) -> None:
+    """400 for a filter a partner token may not use (as for an unknown one), 422 for a
+    sort on what it cannot see."""
+    refused = list(dict.fromkeys(k for k in request.query_params if k not in PARTNER_PARAMETERS))
+    if refused:
+        raise ApiError(
+            400,
+            "unknown_parameter",
+            f"query parameter{'s' * (len(refused) > 1)} not available to a partner token: "
+            + ", ".join(refused),
+            {"unknown": refused, "allowed": sorted(PARTNER_PARAMETERS)},
+        )
+    if sort_by is not None and sort_by not in PARTNER_SORTS:
+        raise ApiError(
+            422,
+            "validation_failed",
+            f"a partner token sorts by {', '.join(sorted(PARTNER_SORTS))}",
+            [{"location": ["query", "sortBy"], "message": "not available", "type": "enum"}],
+        )
+
+
+async def _partner_leads(
+    request: Request, partner_id: UUID, ids: list[str]
+) -> list[dict[str, Any]]:
+    """The page's leads as the partner sees them, read from their events (the view gives
+    the page; a lead referred elsewhere since the view was written is left out)."""
+    store = engine_of(request).store
+    leads = await asyncio.gather(*(store.load(Lead, UUID(i)) for i in ids))
+    return [
+        partner_lead_json(lead)
+        for lead in leads
+        if lead is not None and referred_to(lead, partner_id)
+    ]
+
+
 @router.get("/leads", dependencies=[StrictQuery])
 async def list_leads(
     request: Request,
-    caller: Viewer,
+    caller: Reader,
     search: Annotated[str | None, Query(max_length=200)] = None,
     stage_id: Annotated[Ids, Query(alias="stageId")] = None,
     pipeline_id: Annotated[Ids, Query(alias="pipelineId")] = None,
@@ -131,13 +192,41 @@ async def list_leads(
 
     A filter given several times matches any of its values (`?status=new&status=backlog`);
     different filters must all match. `assignedTo=none` is the unassigned leads; a search
-    that looks like a phone number also matches however the number was formatted."""
+    that looks like a phone number also matches however the number was formatted.
+
+    A partner token lists the leads referred to its partner now, as a referral shares them,
+    with `search`, `createdAfter`, `createdBefore`, `returnStatus`, `page`, `limit`,
+    `sortBy` (`createdAt`, `name`, `requestId`), `sortOrder` and `after`."""
     workspace_id = workspace_of(caller, request)
     engine = engine_of(request)
-    assignees = _texts(assigned_to)
     phone_keys: tuple[str, ...] = ()
+    if caller.partner_id is not None:
+        _partner_query(request, sort_by)
     if search and search.strip():
         phone_keys = tuple(phone_search_keys(search, await engine.intake.region_of(workspace_id)))
+    if caller.partner_id is not None:
+        where = LeadFilter(
+            search=search,
+            phone_keys=phone_keys,
+            created_after=utc(created_after),
+            created_before=utc(created_before),
+            partner_id=(caller.partner_id,),
+            return_status=tuple(dict.fromkeys(str(r) for r in return_status or ())),
+        )
+        await await_position(request, after)
+        rows, total = await read_view(
+            engine.lead_views.page(
+                workspace_id,
+                where,
+                page=page,
+                limit=limit,
+                sort_by=sort_by or "createdAt",
+                descending=sort_order == "desc",
+            )
+        )
+        items = await _partner_leads(request, caller.partner_id, [r["id"] for r in rows])
+        return {"items": items, "total": total, "page": page, "limit": limit}
+    assignees = _texts(assigned_to)
     where = LeadFilter(
         search=search,
         phone_keys=phone_keys,
@@ -176,14 +265,19 @@ async def list_leads(
 
 
 @router.get("/leads/{lead_id}", dependencies=[StrictQuery])
-async def get_lead(lead_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
+async def get_lead(lead_id: UUID, request: Request, caller: Reader) -> dict[str, Any]:
     """One lead, current from its events: fields, custom fields with display names, tags,
-    notes, milestones, and its ten most recent timeline entries."""
+    notes, milestones, and its ten most recent timeline entries. A partner token reads a
+    lead referred to its partner now, as the referral shares it (any other is a 404)."""
 
     workspace_id = workspace_of(caller, request)
     lead = await engine_of(request).store.load(Lead, lead_id)
     if lead is None or lead.workspace_id != workspace_id:
         raise ApiError(404, "not_found", f"lead {lead_id} does not exist")
+    if caller.partner_id is not None:
+        if not referred_to(lead, caller.partner_id):
+            raise ApiError(404, "not_found", f"lead {lead_id} does not exist")
+        return partner_lead_json(lead)
     activity = await lead_timeline(lead_id, request, caller, page=1, limit=10)
     return {**lead_json(lead), "recentActivity": activity["items"]}
 

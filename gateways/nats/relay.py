@@ -32,6 +32,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
 from domain.lead_types import LeadType
+from domain.partners import Partner
+from domain.users import User
 from gateways.bootstrap import Engine
 from gateways.postgres.errors import after_failure, describe
 from gateways.postgres.log_store import PostgresLog, Record
@@ -68,6 +70,8 @@ def event_subject(prefix: str, record: Record) -> str:
 # Fields never published (a webhook signing secret): by event type, from the event classes.
 REDACTED_FIELDS: dict[str, frozenset[str]] = {
     "lead_type.secret_issued": LeadType.SecretIssued.redacted_fields,
+    "user.password_set": User.PasswordSet.redacted_fields,
+    "partner.secret_issued": Partner.SecretIssued.redacted_fields,
 }
 REDACTED = "[redacted]"
 

@@ -12,14 +12,16 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import asyncpg
 import structlog
 
+from domain.base import Aggregate
 from domain.deliveries import Delivery, DeliveryKind, DeliveryState, Outcome
 from domain.lead_types import LeadType
+from domain.partners import Partner
 from domain.signing import webhook_headers
 from gateways.bootstrap import Engine
 from gateways.consumers.consumer_state import live_consumer
@@ -39,6 +41,7 @@ log = structlog.get_logger(__name__)
 PROJECTION = DeliveriesView.name
 WAKE_EVENTS = ("delivery.scheduled", "delivery.redelivery_requested")
 LEAD_TYPE_EVENTS = tuple(sorted(event_types_of(LeadType)))
+PARTNER_EVENTS = tuple(sorted(event_types_of(Partner)))
 LEASE_SECONDS = 120.0
 # Retries due within this many seconds wait on a timer in memory; later ones in the view.
 RETRY_HORIZON = 300.0
@@ -61,37 +64,41 @@ CREATE TABLE IF NOT EXISTS delivery_leases (
 )"""
 
 
+A = TypeVar("A", bound=Aggregate)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class LeadTypeCache:
-    """Lead types by id for `ttl` seconds; `forget` when one changes. A load that was in
-    flight while its lead type changed is not cached."""
+class AggregateCache(Generic[A]):
+    """Aggregates of one class by id for `ttl` seconds; `forget` when one changes. A load
+    that was in flight while its aggregate changed is not cached."""
 
-    def __init__(self, store: PostgresEventStore, ttl: float = LEAD_TYPE_TTL) -> None:
+    def __init__(self, store: PostgresEventStore, cls: type[A], ttl: float = LEAD_TYPE_TTL) -> None:
         self.store = store
+        self.cls = cls
         self.ttl = ttl
-        self._cached: dict[UUID, tuple[float, LeadType | None]] = {}
-        self._loading: dict[UUID, asyncio.Future[LeadType | None]] = {}
+        self._cached: dict[UUID, tuple[float, A | None]] = {}
+        self._loading: dict[UUID, asyncio.Future[A | None]] = {}
         self._generation: dict[UUID, int] = {}
 
-    def forget(self, lead_type_id: UUID) -> None:
-        self._cached.pop(lead_type_id, None)
-        self._generation[lead_type_id] = self._generation.get(lead_type_id, 0) + 1
+    def forget(self, aggregate_id: UUID) -> None:
+        self._cached.pop(aggregate_id, None)
+        self._generation[aggregate_id] = self._generation.get(aggregate_id, 0) + 1
 
-    async def get(self, lead_type_id: UUID) -> LeadType | None:
-        cached = self._cached.get(lead_type_id)
+    async def get(self, aggregate_id: UUID) -> A | None:
+        cached = self._cached.get(aggregate_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        loading = self._loading.get(lead_type_id)
+        loading = self._loading.get(aggregate_id)
         if loading is not None:
             return await asyncio.shield(loading)
-        future: asyncio.Future[LeadType | None] = asyncio.get_running_loop().create_future()
-        self._loading[lead_type_id] = future
-        generation = self._generation.get(lead_type_id, 0)
+        future: asyncio.Future[A | None] = asyncio.get_running_loop().create_future()
+        self._loading[aggregate_id] = future
+        generation = self._generation.get(aggregate_id, 0)
         try:
-            lead_type = await self.store.load(LeadType, lead_type_id)
+            found = await self.store.load(self.cls, aggregate_id)
         except BaseException as error:
             if isinstance(error, Exception):
                 future.set_exception(error)
@@ -100,11 +107,18 @@ class LeadTypeCache:
                 future.cancel()
             raise
         finally:
-            self._loading.pop(lead_type_id, None)
-        if self._generation.get(lead_type_id, 0) == generation:
-            self._cached[lead_type_id] = (time.monotonic() + self.ttl, lead_type)
-        future.set_result(lead_type)
-        return lead_type
+            self._loading.pop(aggregate_id, None)
+        if self._generation.get(aggregate_id, 0) == generation:
+            self._cached[aggregate_id] = (time.monotonic() + self.ttl, found)
+        future.set_result(found)
+        return found
+
+
+class LeadTypeCache(AggregateCache[LeadType]):
+    """Lead types (their webhook actions' signing secrets)."""
+
+    def __init__(self, store: PostgresEventStore, ttl: float = LEAD_TYPE_TTL) -> None:
+        super().__init__(store, LeadType, ttl)
 
 
 class DeliveryWorker:
@@ -114,8 +128,9 @@ class DeliveryWorker:
 
     * **The log**, for promptness: a follower reads `delivery.scheduled` and
       `delivery.redelivery_requested` as they commit (woken by the log's LISTEN), so a first
-      attempt starts milliseconds after its schedule commits. It also reads `lead_type.*` to
-      drop cached lead types (signing secrets) the moment they change.
+      attempt starts milliseconds after its schedule commits. It also reads `lead_type.*` and
+      `partner.*` to drop cached lead types and partners (signing secrets) the moment they
+      change.
     * **Timers in memory**, for retries due soon after an attempt (within `RETRY_HORIZON`).
     * **The `deliveries` view**, for durability: every `interval` seconds (and at once on
       start) due pending rows are read from it, so what was due while no worker ran, retries
@@ -169,6 +184,7 @@ class DeliveryWorker:
         self._webhooks = webhooks
         self._smtp = smtp
         self.lead_types = LeadTypeCache(store)
+        self.partners = AggregateCache(store, Partner)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.attempts = 0
         """Attempts this instance recorded since it was built."""
@@ -303,7 +319,7 @@ class DeliveryWorker:
     # ---- sources --------------------------------------------------------------------------
 
     async def _follow(self, after: int) -> None:
-        wanted = [*WAKE_EVENTS, *LEAD_TYPE_EVENTS]
+        wanted = [*WAKE_EVENTS, *LEAD_TYPE_EVENTS, *PARTNER_EVENTS]
         while not self._stopping.is_set():
             try:
                 generation = self.log.generation
@@ -317,6 +333,8 @@ class DeliveryWorker:
             for event_type, originator_id, _ in rows:
                 if event_type.startswith("lead_type."):
                     self.lead_types.forget(originator_id)
+                elif event_type.startswith("partner."):
+                    self.partners.forget(originator_id)
                 else:
                     woken.append(originator_id)
             self.enqueue(woken)
@@ -587,13 +605,20 @@ class DeliveryWorker:
             content_type, body = encode_body(delivery.format, delivery.payload)
         except (ValueError, TypeError) as error:
             return AttemptResult(None, 0.0, f"cannot encode the payload: {error}", retryable=False)
-        lead_type = await self.lead_types.get(delivery.lead_type_id)
         now = self.clock()
-        secrets = lead_type.signing_secrets(delivery.action_id, now) if lead_type else []
-        if not secrets:
-            return AttemptResult(
-                None, 0.0, f"action {delivery.action_id} has no signing secret", retryable=False
+        if delivery.partner_id is not None:
+            partner = await self.partners.get(delivery.partner_id)
+            secrets = partner.signing_secrets(now) if partner and not partner.deleted else []
+            missing = (
+                f"partner {delivery.partner_id} has no signing secret "
+                f"(POST /v1/partners/{delivery.partner_id}/rotate-secret issues one)"
             )
+        else:
+            lead_type = await self.lead_types.get(delivery.lead_type_id)
+            secrets = lead_type.signing_secrets(delivery.action_id, now) if lead_type else []
+            missing = f"action {delivery.action_id} has no signing secret"
+        if not secrets:
+            return AttemptResult(None, 0.0, missing, retryable=False)
         headers = webhook_headers(
             msg_id=delivery.message_id,
             timestamp=int(now.timestamp()),

@@ -122,3 +122,32 @@ async def test_a_lead_type_webhook_to_an_embedded_loopback_is_refused_without_co
     assert done["lastError"].startswith("refused:"), done["lastError"]
     assert "::127.0.0.1" in done["lastError"] or "::7f00:1" in done["lastError"]
     assert listener.connections == 0
+
+
+async def test_a_partner_webhook_url_to_an_internal_address_is_refused(
+    client: httpx.AsyncClient, running: None, listener: Listener
+) -> None:
+    """Referrals are sent to a partner's `webhookUrl`: the same guard as a lead type's."""
+    ws = await make_workspace(client)
+    for host in ("127.0.0.1", f"[{EMBEDDED}]", "localhost"):
+        url = f"http://{host}:{listener.port}/hook"
+        created = await client.post(
+            "/v1/partners", json={"name": "P", "webhookUrl": url}, headers=ws["h"]
+        )
+        assert created.status_code == 422, (host, created.text)
+        assert "webhookUrl" in created.json()["error"]["message"]
+        assert "loopback or private" in created.json()["error"]["message"]
+    partner = await client.post("/v1/partners", json={"name": "Q"}, headers=ws["h"])
+    changed = await client.patch(
+        f"/v1/partners/{partner.json()['id']}",
+        json={"webhookUrl": f"http://127.0.0.1:{listener.port}/hook"},
+        headers=ws["h"],
+    )
+    assert changed.status_code == 422, changed.text
+    public = await client.patch(
+        f"/v1/partners/{partner.json()['id']}",
+        json={"webhookUrl": "https://partner.example.com/hook"},
+        headers=ws["h"],
+    )
+    assert public.status_code == 200 and public.json()["webhookSecret"].startswith("whsec_")
+    assert listener.connections == 0
