@@ -21,7 +21,7 @@ from pydantic.alias_generators import to_camel
 from domain.base import Aggregate, snake
 from domain.milestones import Milestone, StatusDefinition, find_status
 from domain.normalize import Normalised
-from domain.pipelines import Pipeline
+from domain.pipelines import Pipeline, StageType
 from domain.text import clean_json, clean_text
 
 SHORT_TEXT = 500
@@ -254,6 +254,10 @@ def initial_status(source: Source, customer_active: bool | None) -> tuple[Status
     return Status.BACKLOG, False
 
 
+# The reason on the stage move a conversion makes (`Lead.convert`).
+CONVERSION_REASON = "converted"
+
+
 class InvalidTransition(ValueError):
     """A command the lead's current state does not allow (a deleted lead, a stage of another
     pipeline, an unknown status, a return with nothing referred...)."""
@@ -419,11 +423,14 @@ class Lead(Aggregate):
         by_user: bool
 
     class MilestoneReached(Aggregate.Event):
-        """The first time the lead's progress reached `milestone` (once per milestone)."""
+        """The first time the lead's progress reached `milestone` (once per milestone): by
+        a status (`status`), by entering a won/lost stage (`stage_id`), or by conversion
+        (neither)."""
 
         milestone: Milestone
         status: str | None
         actor: str
+        stage_id: UUID | None = None
 
     class Referred(Aggregate.Event):
         """Referred to a partner; recorded every time (the "Referred" trigger)."""
@@ -586,6 +593,19 @@ class Lead(Aggregate):
         if self.deleted:
             raise LeadDeleted()
 
+    def enter_stage(self, pipeline: Pipeline, stage_id: UUID, reason: str, actor: str) -> bool:
+        """Put the lead in `stage_id` of `pipeline` and, when it moved into a won or lost
+        stage, record that stage type's milestone (Converted, Closed) the first time the
+        lead reaches it. False when the lead is in that stage already."""
+        stage = pipeline.stage(stage_id)
+        if stage is None:
+            raise InvalidTransition(f"stage {stage_id} is not a stage of pipeline {pipeline.id}")
+        if not self.move_to_stage(pipeline.id, stage_id, reason, actor):
+            return False
+        if stage.milestone is not None:
+            self.reach(stage.milestone, None, actor, stage_id=stage_id)
+        return True
+
     def move_stage(self, pipeline: Pipeline, stage_id: UUID, actor: str) -> bool:
         """A move on the board: `stage_id` must be a stage of the lead's own pipeline (of
         `pipeline`, the workspace's active one, when the lead has none yet)."""
@@ -594,7 +614,24 @@ class Lead(Aggregate):
             raise InvalidTransition(f"stage {stage_id} is not a stage of the lead's pipeline")
         if pipeline.stage(stage_id) is None:
             raise InvalidTransition(f"stage {stage_id} is not a stage of the lead's pipeline")
-        return self.move_to_stage(pipeline.id, stage_id, "", actor)
+        return self.enter_stage(pipeline, stage_id, "", actor)
+
+    def move_to_pipeline(self, pipeline: Pipeline, stage_id: UUID | None, actor: str) -> bool:
+        """Move the lead to `pipeline` (one of its workspace's), into `stage_id` or, when it
+        is not given, the first stage; a lead already in `pipeline` with no stage given
+        stays where it is (so a repeated move changes nothing). False when nothing moved."""
+        self.ensure_live()
+        if pipeline.deleted or pipeline.workspace_id != self.workspace_id:
+            raise InvalidTransition(f"pipeline {pipeline.id} does not exist")
+        if stage_id is None:
+            if self.pipeline_id == pipeline.id:
+                return False
+            stage_id = pipeline.first_stage.id
+        if pipeline.stage(stage_id) is None:
+            raise InvalidTransition(
+                f"stage {stage_id} is not a stage of pipeline {pipeline.id} ({pipeline.name!r})"
+            )
+        return self.enter_stage(pipeline, stage_id, "", actor)
 
     def assign(self, user: str | None, actor: str, by_user: bool) -> bool:
         self.ensure_live()
@@ -750,14 +787,18 @@ class Lead(Aggregate):
             changed = self.reach(definition.progress, new, actor) or changed
         return changed
 
-    def reach(self, milestone: Milestone, status: str | None, actor: str) -> bool:
+    def reach(
+        self, milestone: Milestone, status: str | None, actor: str, stage_id: UUID | None = None
+    ) -> bool:
         if milestone in self.milestones:
             return False
-        self._milestone_reached(milestone=milestone, status=status, actor=actor)
+        self._milestone_reached(milestone=milestone, status=status, actor=actor, stage_id=stage_id)
         return True
 
     @event(MilestoneReached)
-    def _milestone_reached(self, milestone: Milestone, status: str | None, actor: str) -> None:
+    def _milestone_reached(
+        self, milestone: Milestone, status: str | None, actor: str, stage_id: UUID | None = None
+    ) -> None:
         self.milestones.append(milestone)
 
     def refer(self, partner_id: UUID, actor: str, by_user: bool) -> None:
@@ -824,8 +865,17 @@ class Lead(Aggregate):
         """Record one lead-type action's outcome (see `ActionTaken`)."""
         self.trigger_event(Lead.ActionTaken, **fields)
 
-    def convert(self, contact_id: UUID, linked_existing: bool, actor: str, by_user: bool) -> None:
-        """Mark the lead converted into `contact_id`, and reach Converted (once)."""
+    def convert(
+        self,
+        contact_id: UUID,
+        linked_existing: bool,
+        actor: str,
+        by_user: bool,
+        pipeline: Pipeline | None = None,
+    ) -> None:
+        """Mark the lead converted into `contact_id`, reach Converted (once), and move it to
+        the first won stage of `pipeline` (its own pipeline, loaded by the caller) unless it
+        sits in a won stage already or the pipeline has none."""
         self.ensure_live()
         if self.contact_id is not None:
             raise InvalidTransition(f"the lead is already converted into {self.contact_id}")
@@ -837,3 +887,9 @@ class Lead(Aggregate):
             by_user=by_user,
         )
         self.reach(Milestone.CONVERTED, None, actor)
+        if pipeline is None or pipeline.deleted or pipeline.id != self.pipeline_id:
+            return
+        won = pipeline.won_stage
+        current = pipeline.stage(self.stage_id) if self.stage_id is not None else None
+        if won is not None and (current is None or current.type is not StageType.WON):
+            self.enter_stage(pipeline, won.id, CONVERSION_REASON, actor)

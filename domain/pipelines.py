@@ -1,4 +1,16 @@
-"""Pipelines: the ordered stages a lead moves through, shown as the columns of the board."""
+"""Pipelines: the ordered stages a lead moves through, shown as the columns of the board.
+
+A workspace has one *active* pipeline (`Workspace.active_pipeline_id`): new leads land in its
+first stage, and it cannot be deleted. "Default" is the same thing: the API's `isDefault` is
+`isActive`. `Pipeline.is_default` only records that the pipeline was created as the
+workspace's first one (it is what `ensure-default` re-activates when the workspace has no
+live active pipeline).
+
+A stage's type links the board to the lead's progress: moving a lead into a `won` stage
+records the Converted milestone, into a `lost` stage the Closed milestone (each once per
+lead, like a status's milestone; `domain.milestones`), and converting a lead moves it to its
+pipeline's first `won` stage.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +22,7 @@ from eventsourcing.domain import event
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from domain.base import Aggregate
+from domain.milestones import Milestone
 from domain.text import clean_text
 
 MIN_STAGES = 2
@@ -20,6 +33,13 @@ class StageType(StrEnum):
     OPEN = "open"
     WON = "won"
     LOST = "lost"
+
+
+# The milestone a lead reaches by entering a stage of each type.
+STAGE_MILESTONES: dict[StageType, Milestone] = {
+    StageType.WON: Milestone.CONVERTED,
+    StageType.LOST: Milestone.CLOSED,
+}
 
 
 class Stage(BaseModel):
@@ -36,6 +56,11 @@ class Stage(BaseModel):
     @classmethod
     def _clean(cls, value: object) -> object:
         return clean_text(value, max_length=100) if isinstance(value, str) else value
+
+    @property
+    def milestone(self) -> Milestone | None:
+        """What entering this stage records (None for an open stage)."""
+        return STAGE_MILESTONES.get(self.type)
 
 
 # The six stages of the Leads Manager document, with the named colours as hex.
@@ -71,7 +96,8 @@ def check_stages(stages: list[Stage]) -> list[Stage]:
 
 class Pipeline(Aggregate):
     """A workspace's pipeline. Leads stay in their stage when the stages are reconfigured;
-    removing a stage that holds leads needs a destination for them (see the handler)."""
+    removing a stage that holds leads needs a destination for them (see the handler).
+    `is_default`: created as the workspace's first pipeline (see the module docstring)."""
 
     class Created(Aggregate.Created):
         workspace_id: UUID
@@ -106,6 +132,11 @@ class Pipeline(Aggregate):
     def stage(self, stage_id: UUID) -> Stage | None:
         return next((s for s in self.stages if s.id == stage_id), None)
 
+    @property
+    def won_stage(self) -> Stage | None:
+        """Where conversion puts a lead: the first stage of type `won`, if there is one."""
+        return next((s for s in self.stages if s.type is StageType.WON), None)
+
     def rename(self, name: str) -> None:
         if name != self.name:
             self._renamed(name=name)
@@ -127,9 +158,13 @@ class Pipeline(Aggregate):
     def _stages_changed(self, stages: list[Stage], removed: list[UUID]) -> None:
         self.stages = stages
 
-    def delete(self) -> None:
-        if self.is_default:
-            raise InvalidPipeline("the default pipeline cannot be deleted")
+    def delete(self, active_pipeline_id: UUID | None) -> None:
+        """Delete the pipeline unless it is the workspace's active one (whose id is given)."""
+        if self.id == active_pipeline_id:
+            raise InvalidPipeline(
+                "the pipeline is the workspace's active (default) pipeline: "
+                "activate another one first"
+            )
         if not self.deleted:
             self._deleted()
 

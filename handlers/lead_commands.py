@@ -20,7 +20,7 @@ from uuid import UUID
 from domain.base import DomainEvent
 from domain.contacts import Contact, contact_keys
 from domain.lead_types import LeadType, ReferralMethod
-from domain.leads import InvalidTransition, Lead, LeadPatch, Note
+from domain.leads import CONVERSION_REASON, InvalidTransition, Lead, LeadPatch, Note
 from domain.milestones import (
     DEFAULT_STATUSES,
     Milestone,
@@ -32,6 +32,7 @@ from domain.normalize import normalise_email, normalise_phone
 from domain.partners import Partner
 from domain.pipelines import Pipeline
 from domain.workspaces import Workspace
+from handlers.pipelines import STAGE_KEY
 from handlers.ports import Allocation, Append, Claim, ConcurrencyConflict, EventStore
 from handlers.retry import ATTEMPTS, retrying
 from handlers.users import assignable_user
@@ -49,6 +50,10 @@ class LeadNotFound(LookupError):
 
 class UnknownPartner(InvalidTransition):
     pass
+
+
+class UnknownPipeline(InvalidTransition):
+    """A pipeline id in a body that is not one of the workspace's live pipelines."""
 
 
 class ContactRace(ConcurrencyConflict):
@@ -81,16 +86,57 @@ async def change_lead(
 ) -> Done[T]:
     """Load, decide, append; again on a lost race."""
 
+    async def decide_reading(lead: Lead, reads: dict[UUID, int]) -> T:
+        return await decide(lead)
+
+    return await change_lead_reading(store, workspace_id, lead_id, decide_reading, attempts)
+
+
+async def change_lead_reading(
+    store: EventStore,
+    workspace_id: UUID,
+    lead_id: UUID,
+    decide: Callable[[Lead, dict[UUID, int]], Awaitable[T]],
+    attempts: int = ATTEMPTS,
+) -> Done[T]:
+    """`change_lead` for a decision that rests on other aggregates (the pipeline a lead
+    moves in): `decide` notes each one's version in `reads`, and the append fails, to be
+    decided again, if any of them changed meanwhile (a stage removed, a pipeline deleted)."""
+
     async def attempt() -> Done[T]:
         lead = await load_lead(store, workspace_id, lead_id)
-        value = await decide(lead)
+        reads: dict[UUID, int] = {}
+        value = await decide(lead, reads)
         events = lead.collect_events()
         if not events:
             return Done(lead, 0, False, value)
-        appended = await store.append(Append(workspace_id, events=events))
+        appended = await store.append(Append(workspace_id, events=events, expect=reads))
         return Done(lead, appended.position, True, value)
 
     return await retrying(attempt, attempts)
+
+
+async def load_pipeline(store: EventStore, workspace_id: UUID, pipeline_id: UUID) -> Pipeline:
+    """One of the workspace's live pipelines, named in a body (`UnknownPipeline` if not)."""
+    pipeline = await store.load(Pipeline, pipeline_id)
+    if pipeline is None or pipeline.workspace_id != workspace_id or pipeline.deleted:
+        raise UnknownPipeline(f"pipeline {pipeline_id} does not exist")
+    return pipeline
+
+
+async def _other_pipeline_of(
+    store: EventStore, workspace_id: UUID, stage_id: UUID, lead: Lead
+) -> Pipeline | None:
+    """The workspace's other live pipeline that holds `stage_id`, if one does (stage ids are
+    claimed by their pipeline: `handlers.pipelines.stage_claims`). Only a pipeline of the
+    lead's own workspace is named: another workspace's stage tells nothing of it."""
+    holder = await store.holder(f"{STAGE_KEY}{stage_id}")
+    if holder is None or holder == lead.pipeline_id:
+        return None
+    pipeline = await store.load(Pipeline, holder)
+    if pipeline is None or pipeline.workspace_id != workspace_id or pipeline.deleted:
+        return None
+    return pipeline if pipeline.stage(stage_id) is not None else None
 
 
 # ---- stage, assignment, notes, fields ------------------------------------------------------
@@ -99,7 +145,7 @@ async def change_lead(
 async def move_stage(
     store: EventStore, workspace_id: UUID, lead_id: UUID, stage_id: UUID, actor: str
 ) -> Done[bool]:
-    async def decide(lead: Lead) -> bool:
+    async def decide(lead: Lead, reads: dict[UUID, int]) -> bool:
         lead.ensure_live()
         pipeline_id = lead.pipeline_id
         if pipeline_id is None:
@@ -108,9 +154,38 @@ async def move_stage(
         pipeline = await store.load(Pipeline, pipeline_id) if pipeline_id else None
         if pipeline is None or pipeline.workspace_id != workspace_id:
             raise InvalidTransition("the lead has no pipeline to move in")
+        reads[pipeline.id] = pipeline.version
+        if pipeline.stage(stage_id) is None:
+            elsewhere = await _other_pipeline_of(store, workspace_id, stage_id, lead)
+            if elsewhere is not None:
+                raise InvalidTransition(
+                    f"stage {stage_id} is a stage of pipeline {elsewhere.id} "
+                    f"({elsewhere.name!r}), not of the lead's: move the lead to that pipeline "
+                    "with PATCH /v1/leads/{id}/pipeline"
+                )
         return lead.move_stage(pipeline, stage_id, actor)
 
-    return await change_lead(store, workspace_id, lead_id, decide)
+    return await change_lead_reading(store, workspace_id, lead_id, decide)
+
+
+async def move_pipeline(
+    store: EventStore,
+    workspace_id: UUID,
+    lead_id: UUID,
+    pipeline_id: UUID,
+    stage_id: UUID | None,
+    actor: str,
+) -> Done[bool]:
+    """Move the lead to another of the workspace's pipelines: into `stage_id` (a stage of
+    that pipeline) or its first stage. Its board, list and timeline follow the event."""
+
+    async def decide(lead: Lead, reads: dict[UUID, int]) -> bool:
+        lead.ensure_live()
+        pipeline = await load_pipeline(store, workspace_id, pipeline_id)
+        reads[pipeline.id] = pipeline.version
+        return lead.move_to_pipeline(pipeline, stage_id, actor)
+
+    return await change_lead_reading(store, workspace_id, lead_id, decide)
 
 
 async def assign(
@@ -349,6 +424,10 @@ async def convert(
         if lead.contact_id is not None:
             return await _converted_already(store, lead)
         loaded_version = lead.version
+        # Conversion moves the lead to its pipeline's won stage (`Lead.convert`), so it
+        # rests on the pipeline's stages as loaded: a concurrent change of them retries.
+        pipeline = await store.load(Pipeline, lead.pipeline_id) if lead.pipeline_id else None
+        reads = {pipeline.id: pipeline.version} if pipeline is not None else {}
         keys = contact_keys(workspace_id, lead.email_normal, lead.phone_normal)
         existing: UUID | None = None
         for key in keys:
@@ -361,11 +440,12 @@ async def convert(
             if contact is None:
                 raise ConcurrencyConflict(f"contact {existing} is not readable yet")
             contact.link(lead.id, dict(lead.details.custom_fields), notes, actor)
-            lead.convert(existing, True, actor, by_user)
+            lead.convert(existing, True, actor, by_user, pipeline)
             appended = await store.append(
                 Append(
                     workspace_id,
                     events=[*contact.collect_events(), *lead.collect_events()],
+                    expect=reads,
                     claims=[Claim(k, existing) for k in keys],
                 )
             )
@@ -385,7 +465,7 @@ async def convert(
             notes=notes,
             actor=actor,
         )
-        lead.convert(contact.id, False, actor, by_user)
+        lead.convert(contact.id, False, actor, by_user, pipeline)
         events = [*contact.collect_events(), *lead.collect_events()]
 
         def build(allocation: Allocation) -> Sequence[DomainEvent]:
@@ -398,7 +478,7 @@ async def convert(
             Append(
                 workspace_id,
                 build=build,
-                expect={lead.id: loaded_version},
+                expect={lead.id: loaded_version, **reads},
                 claims=[Claim(k, contact.id) for k in keys],
             )
         )
@@ -414,18 +494,22 @@ async def _converted_already(store: EventStore, lead: Lead) -> Conversion:
     events = await store.history(lead.id)
     for index, logged in enumerate(events):
         if isinstance(logged.event, Lead.Converted):
-            # The conversion's position is that of its last event (Converted, or the
-            # Converted milestone appended with it), as the first answer gave.
+            # The conversion's position is that of its last event (Converted, then the
+            # Converted milestone and the move to the won stage appended with it), as the
+            # first answer gave.
             position = logged.position
             linked = logged.event.linked_existing
-            following = events[index + 1] if index + 1 < len(events) else None
-            if (
-                following is not None
-                and isinstance(following.event, Lead.MilestoneReached)
-                and following.event.milestone == Milestone.CONVERTED
-            ):
+            for following in events[index + 1 :]:
+                if not _part_of_conversion(following.event):
+                    break
                 position = following.position
     return Conversion(lead, lead.contact_id, linked, position, True)
+
+
+def _part_of_conversion(event: DomainEvent) -> bool:
+    if isinstance(event, Lead.MilestoneReached):
+        return event.milestone == Milestone.CONVERTED and event.stage_id is None
+    return isinstance(event, Lead.StageChanged) and event.reason == CONVERSION_REASON
 
 
 async def load_contact(store: EventStore, workspace_id: UUID, contact_id: UUID) -> Contact | None:
@@ -440,6 +524,7 @@ async def load_contact(store: EventStore, workspace_id: UUID, contact_id: UUID) 
 
 class BulkAction(StrEnum):
     MOVE_STAGE = "move_stage"
+    MOVE_PIPELINE = "move_pipeline"
     ASSIGN = "assign"
     DELETE = "delete"
     TAG = "tag"
@@ -471,6 +556,7 @@ async def bulk(
     actor: str,
     *,
     stage_id: UUID | None = None,
+    pipeline_id: UUID | None = None,
     assigned_to: str | None = None,
     add_tags: Sequence[str] = (),
     remove_tags: Sequence[str] = (),
@@ -481,6 +567,15 @@ async def bulk(
     all-or-nothing across leads; concurrent per-lead appends share group commits."""
     if action is BulkAction.MOVE_STAGE and stage_id is None:
         raise InvalidTransition("move_stage needs a stageId")
+    if action is BulkAction.MOVE_PIPELINE:
+        if pipeline_id is None:
+            raise InvalidTransition("move_pipeline needs a pipelineId")
+        # One destination for every lead: checked once (refuses the whole request).
+        target = await load_pipeline(store, workspace_id, pipeline_id)
+        if stage_id is not None and target.stage(stage_id) is None:
+            raise InvalidTransition(
+                f"stage {stage_id} is not a stage of pipeline {target.id} ({target.name!r})"
+            )
     patch = LeadPatch(add_tags=tuple(add_tags), remove_tags=tuple(remove_tags))
     if action is BulkAction.TAG and not (patch.add_tags or patch.remove_tags):
         raise InvalidTransition("tag needs addTags or removeTags")
@@ -496,6 +591,11 @@ async def bulk(
                 if action is BulkAction.MOVE_STAGE:
                     assert stage_id is not None
                     done = await move_stage(store, workspace_id, lead_id, stage_id, actor)
+                elif action is BulkAction.MOVE_PIPELINE:
+                    assert pipeline_id is not None
+                    done = await move_pipeline(
+                        store, workspace_id, lead_id, pipeline_id, stage_id, actor
+                    )
                 elif action is BulkAction.ASSIGN:
                     done = await _assign(store, workspace_id, lead_id, assigned_to, actor, by_user)
                 elif action is BulkAction.DELETE:

@@ -1,5 +1,6 @@
 """Command handlers for pipelines: create, reconfigure (moving leads out of removed stages),
-delete, and making sure a workspace has its default."""
+activate (the workspace's active, or default, pipeline), delete, and making sure a workspace
+has one."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from domain.pipelines import (
 from domain.workspaces import Workspace
 from handlers.listing import aggregates_of
 from handlers.ports import Append, Appended, Claim, EventStore, ReservationTaken
+from handlers.retry import ATTEMPTS, retrying
 from handlers.workspaces import WorkspaceNotFound
 
 
@@ -121,14 +123,51 @@ async def create_pipeline(
     return Changed(pipeline, appended.position)
 
 
-async def ensure_default(store: EventStore, workspace_id: UUID) -> Changed:
-    """The workspace's default pipeline, created (and made active) if it has none."""
+async def _workspace(store: EventStore, workspace_id: UUID) -> Workspace:
     workspace = await store.load(Workspace, workspace_id)
     if workspace is None:
         raise WorkspaceNotFound(f"workspace {workspace_id} does not exist")
-    for pipeline in await list_pipelines(store, workspace_id):
-        if pipeline.is_default:
+    return workspace
+
+
+async def activate_pipeline(store: EventStore, workspace_id: UUID, pipeline_id: UUID) -> Changed:
+    """Make the pipeline the workspace's active (default) one: new leads land in its first
+    stage from now on; the previous one keeps its leads. The active pipeline is one field
+    of the Workspace aggregate, so there is exactly one whatever races: concurrent
+    activations are ordered by the workspace's version (the loser decides again), and the
+    append also expects the pipeline's version, so a concurrent delete cannot leave a
+    deleted pipeline active. Position 0 when it was active already."""
+
+    async def attempt() -> Changed:
+        workspace = await _workspace(store, workspace_id)
+        pipeline = await load_pipeline(store, workspace_id, pipeline_id)
+        workspace.activate_pipeline(pipeline.id)
+        events = workspace.collect_events()
+        if not events:
             return Changed(pipeline, 0)
+        appended = await store.append(
+            Append(workspace_id, events=events, expect={pipeline.id: pipeline.version})
+        )
+        return Changed(pipeline, appended.position)
+
+    # Every round of a race has a winner; a few more rounds than usual let a crowd of
+    # concurrent activations all land without a 409.
+    return await retrying(attempt, ATTEMPTS * 3)
+
+
+async def ensure_default(store: EventStore, workspace_id: UUID) -> Changed:
+    """The workspace's active (default) pipeline: if it has none alive, the pipeline it was
+    created with is made active again, or failing that a new default is created and made
+    active."""
+    workspace = await _workspace(store, workspace_id)
+    pipelines = await list_pipelines(store, workspace_id)
+    live = [p for p in pipelines if not p.deleted]
+    for pipeline in live:
+        if pipeline.id == workspace.active_pipeline_id:
+            return Changed(pipeline, 0)
+    for pipeline in live:
+        if pipeline.is_default:
+            return await activate_pipeline(store, workspace_id, pipeline.id)
     pipeline = Pipeline(
         workspace_id=workspace_id,
         name=DEFAULT_PIPELINE_NAME,
@@ -183,7 +222,7 @@ async def update_pipeline(
                     raise InvalidPipeline(
                         f"stage {lead.stage_id} holds leads: name where they go in moveLeadsTo"
                     )
-                lead.move_to_stage(pipeline.id, target, "its stage was removed", actor)
+                lead.enter_stage(pipeline, target, "its stage was removed", actor)
                 moves.extend(lead.collect_events())
     appended = await append_with_stages(
         store,
@@ -199,9 +238,26 @@ async def update_pipeline(
 async def delete_pipeline(
     store: EventStore, leads: LeadsInStages, workspace_id: UUID, pipeline_id: UUID
 ) -> int:
-    pipeline = await load_pipeline(store, workspace_id, pipeline_id)
-    if await leads.in_stages(workspace_id, [s.id for s in pipeline.stages]):
-        raise InvalidPipeline("the pipeline holds leads: move them to another pipeline first")
-    pipeline.delete()
-    appended = await store.append(Append(workspace_id, events=pipeline.collect_events()))
-    return appended.position
+    """Delete a pipeline that holds no leads and is not the active one. The append expects
+    the workspace's version, so an activation of this pipeline racing the delete makes the
+    delete decide again (and refuse)."""
+
+    async def attempt() -> int:
+        workspace = await _workspace(store, workspace_id)
+        pipeline = await load_pipeline(store, workspace_id, pipeline_id)
+        pipeline.delete(workspace.active_pipeline_id)
+        held = await leads.in_stages(workspace_id, [s.id for s in pipeline.stages])
+        if held:
+            raise InvalidPipeline(
+                f"the pipeline holds {len(held)} lead(s): move them to another pipeline first "
+                "(PATCH /v1/leads/{id}/pipeline, or the bulk action move_pipeline)"
+            )
+        events = pipeline.collect_events()
+        if not events:
+            return 0
+        appended = await store.append(
+            Append(workspace_id, events=events, expect={workspace.id: workspace.version})
+        )
+        return appended.position
+
+    return await retrying(attempt)

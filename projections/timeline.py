@@ -290,6 +290,14 @@ def describe(
         )
     if isinstance(event, Lead.StageChanged):
         return _stage_changed(event, state.pipeline_id if state else None)
+    if isinstance(event, Lead.MilestoneReached) and event.stage_id is not None:
+        # Reached by entering a won/lost stage: the move is the entry just before this one.
+        where = stage_ref(state.pipeline_id if state else None, event.stage_id)
+        return Entry(
+            actor=_actor(event, "system"),
+            summary=f"Milestone reached: {literal(str(event.milestone))} (entered {where})",
+            changes=[change("milestone", None, str(event.milestone))],
+        )
     if isinstance(event, Lead.InvitationRequested):
         return Entry(
             actor="system:intake",

@@ -1,5 +1,6 @@
-"""Routes that work a lead: stage, assignment, notes, fields and tags, delete/restore, bulk,
-status (and the workspace's statuses), referral and returns, conversion (and contacts).
+"""Routes that work a lead: stage and pipeline, assignment, notes, fields and tags,
+delete/restore, bulk, status (and the workspace's statuses), referral and returns,
+conversion (and contacts).
 
 Every command answers with the lead as it is after the command and the `position` of its
 events (0 when the command changed nothing): pass it as `?after=` to a list or board to read
@@ -27,7 +28,13 @@ from gateways.http.payloads import parse_json_object, validation_error
 from gateways.http.query import StrictQuery
 from gateways.http.views import After, await_position, read_view
 from handlers import lead_commands as commands
-from handlers.lead_commands import BulkAction, Done, LeadNotFound, UnknownPartner
+from handlers.lead_commands import (
+    BulkAction,
+    Done,
+    LeadNotFound,
+    UnknownPartner,
+    UnknownPipeline,
+)
 from handlers.payloads import is_json
 from handlers.users import UnknownUser
 from handlers.workspaces import Principal
@@ -46,6 +53,12 @@ class Body(BaseModel):
 
 class StageBody(Body):
     stage_id: UUID
+
+
+class PipelineBody(Body):
+    pipeline_id: UUID
+    # Left out: the pipeline's first stage (a lead already in the pipeline stays put).
+    stage_id: UUID | None = None
 
 
 class AssignBody(Body):
@@ -83,6 +96,7 @@ class BulkBody(Body):
     action: BulkAction
     lead_ids: list[UUID] = Field(min_length=1, max_length=commands.MAX_BULK)
     stage_id: UUID | None = None
+    pipeline_id: UUID | None = None
     assigned_to: str | None = Field(default=None, min_length=1, max_length=200)
     add_tags: list[str] = Field(default_factory=list, max_length=100)
     remove_tags: list[str] = Field(default_factory=list, max_length=100)
@@ -144,6 +158,8 @@ async def run(command: Callable[[], Awaitable[T]]) -> T:
         raise ApiError(404, "not_found", str(error)) from None
     except UnknownPartner as error:
         raise ApiError(422, "unknown_partner", str(error)) from None
+    except UnknownPipeline as error:
+        raise ApiError(422, "unknown_pipeline", str(error)) from None
     except UnknownUser as error:
         raise ApiError(422, "unknown_user", str(error)) from None
     except InvalidTransition as error:
@@ -154,11 +170,30 @@ async def run(command: Callable[[], Awaitable[T]]) -> T:
 async def move_stage(
     lead_id: UUID, body: StageBody, request: Request, caller: Manager
 ) -> dict[str, Any]:
-    """Move the lead to another stage of its pipeline."""
+    """Move the lead to another stage of its pipeline (a `won` stage records the Converted
+    milestone, a `lost` one Closed, once per lead). A stage of another pipeline is a 422:
+    moving between pipelines is `PATCH /v1/leads/{id}/pipeline`."""
     ws = workspace_of(caller, request)
     store = engine_of(request).store
     done = await run(
         lambda: commands.move_stage(store, ws, lead_id, body.stage_id, actor_of(caller))
+    )
+    return done_json(done)
+
+
+@router.patch("/leads/{lead_id}/pipeline")
+async def move_pipeline(
+    lead_id: UUID, body: PipelineBody, request: Request, caller: Manager
+) -> dict[str, Any]:
+    """Move the lead to another of the workspace's pipelines, into `stageId` (a stage of
+    that pipeline) or, left out, its first stage. A pipeline that is not the workspace's is
+    a 422 `unknown_pipeline`; a stage not of that pipeline a 422 `invalid_transition`."""
+    ws = workspace_of(caller, request)
+    store = engine_of(request).store
+    done = await run(
+        lambda: commands.move_pipeline(
+            store, ws, lead_id, body.pipeline_id, body.stage_id, actor_of(caller)
+        )
     )
     return done_json(done)
 
@@ -232,7 +267,9 @@ async def restore_lead(lead_id: UUID, request: Request, caller: Manager) -> dict
 @router.post("/leads/bulk-action")
 async def bulk_action(body: BulkBody, request: Request, caller: Manager) -> dict[str, Any]:
     """Apply one action to many leads; each lead succeeds or fails on its own, reported in
-    `results` (with the `position` to read the whole batch back: the highest)."""
+    `results` (with the `position` to read the whole batch back: the highest).
+    `move_pipeline` takes `pipelineId` and optionally `stageId` (else the first stage); an
+    unknown pipeline, or a stage not of it, refuses the whole request."""
     ws = workspace_of(caller, request)
     store = engine_of(request).store
     try:
@@ -243,10 +280,13 @@ async def bulk_action(body: BulkBody, request: Request, caller: Manager) -> dict
             body.lead_ids,
             actor_of(caller),
             stage_id=body.stage_id,
+            pipeline_id=body.pipeline_id,
             assigned_to=body.assigned_to,
             add_tags=body.add_tags,
             remove_tags=body.remove_tags,
         )
+    except UnknownPipeline as error:
+        raise ApiError(422, "unknown_pipeline", str(error)) from None
     except InvalidTransition as error:
         raise ApiError(422, "invalid_transition", str(error)) from None
     except UnknownUser as error:
@@ -364,7 +404,9 @@ async def decline_return(
 async def convert(lead_id: UUID, request: Request, caller: Manager) -> dict[str, Any]:
     """Convert into a new Contact, or link to the contact already holding the lead's email
     or phone; a repeated (or concurrent) convert answers with the same contact
-    (`replayed`, and the position of the original conversion)."""
+    (`replayed`, and the position of the original conversion). The lead reaches the
+    Converted milestone and moves to its pipeline's first `won` stage (unless it is in a
+    won stage already, or the pipeline has none), in the same append."""
     ws = workspace_of(caller, request)
     store = engine_of(request).store
     done = await run(lambda: commands.convert(store, ws, lead_id, actor_of(caller)))
@@ -374,6 +416,8 @@ async def convert(lead_id: UUID, request: Request, caller: Manager) -> dict[str,
         "linkedExisting": done.linked_existing,
         "convertedAt": done.lead.converted_at.isoformat() if done.lead.converted_at else None,
         "replayed": done.replayed,
+        "pipelineId": str(done.lead.pipeline_id) if done.lead.pipeline_id else None,
+        "stageId": str(done.lead.stage_id) if done.lead.stage_id else None,
         "position": done.position,
     }
 

@@ -1,4 +1,8 @@
-"""Routes for pipelines and the Kanban board (`/v1/lead-pipelines`)."""
+"""Routes for pipelines and the Kanban board (`/v1/lead-pipelines`).
+
+"Default" and "active" are one concept: the workspace's active pipeline, where new leads
+land (`POST /v1/lead-pipelines/{id}/activate`); `isDefault` is kept as its other name.
+"""
 
 from __future__ import annotations
 
@@ -80,11 +84,12 @@ def to_stages(bodies: list[StageBody], current: list[Stage] | None = None) -> li
 
 async def pipeline_json(request: Request, pipeline: Pipeline, workspace_id: UUID) -> dict[str, Any]:
     workspace = await engine_of(request).store.load(Workspace, workspace_id)
+    active = workspace is not None and workspace.active_pipeline_id == pipeline.id
     return {
         "id": str(pipeline.id),
         "name": pipeline.name,
-        "isDefault": pipeline.is_default,
-        "isActive": workspace is not None and workspace.active_pipeline_id == pipeline.id,
+        "isDefault": active,
+        "isActive": active,
         "stages": [
             {"id": str(s.id), "name": s.name, "color": s.color, "type": s.type, "order": i}
             for i, s in enumerate(pipeline.stages)
@@ -128,6 +133,24 @@ async def ensure_default(request: Request, caller: Manager) -> dict[str, Any]:
     workspace_id = workspace_of(caller, request)
     changed = await commands.ensure_default(engine_of(request).store, workspace_id)
     engine_of(request).intake.forget(workspace_id)
+    return {
+        **await pipeline_json(request, changed.pipeline, workspace_id),
+        "position": changed.position,
+    }
+
+
+@router.post("/{pipeline_id}/activate")
+async def activate_pipeline(pipeline_id: UUID, request: Request, caller: Manager) -> dict[str, Any]:
+    """Make the pipeline the workspace's active (default) one: new leads land in its first
+    stage; the previously active pipeline keeps its leads. `position` is 0 when it was
+    active already."""
+    workspace_id = workspace_of(caller, request)
+    engine = engine_of(request)
+    try:
+        changed = await commands.activate_pipeline(engine.store, workspace_id, pipeline_id)
+    except (InvalidPipeline, PipelineNotFound) as error:
+        raise _refused(error) from None
+    engine.intake.forget(workspace_id)
     return {
         **await pipeline_json(request, changed.pipeline, workspace_id),
         "position": changed.position,
