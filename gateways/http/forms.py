@@ -29,6 +29,7 @@ from domain.workspaces import Permission
 from gateways.http.auth import engine_of, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
 from gateways.http.payloads import parse_form, validation_error
+from gateways.http.query import StrictQuery
 from handlers import forms as commands
 from handlers.forms import FormNotFound, form_by_key, new_submission_token, submit_form
 from handlers.payloads import is_form
@@ -107,13 +108,13 @@ async def create_form(body: FormSettings, request: Request, caller: Manager) -> 
     return JsonResponse(form_json(form, request, position), status_code=201)
 
 
-@router.get("/v1/lead-forms")
+@router.get("/v1/lead-forms", dependencies=[StrictQuery])
 async def list_forms(request: Request, caller: Viewer) -> JsonResponse:
     forms = await commands.list_forms(engine_of(request).store, workspace_of(caller, request))
     return JsonResponse({"items": [form_json(f, request) for f in forms], "total": len(forms)})
 
 
-@router.get("/v1/lead-forms/{form_id}")
+@router.get("/v1/lead-forms/{form_id}", dependencies=[StrictQuery])
 async def get_form(form_id: UUID, request: Request, caller: Viewer) -> JsonResponse:
     return JsonResponse(form_json(await _found(request, caller, form_id), request))
 

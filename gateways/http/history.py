@@ -22,10 +22,12 @@ from domain.base import Aggregate
 from domain.leads import Lead
 from domain.workspaces import Permission
 from gateways.bootstrap import Engine
-from gateways.http.auth import engine_of, requires, workspace_of
+from gateways.consumers.read_models import pipeline_names
+from gateways.http.auth import actor_fields, actor_names, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
 from gateways.http.lead_json import lead_json
-from gateways.http.timeline import pipeline_names
+from gateways.http.query import StrictQuery
+from gateways.http.views import MAX_POSITION
 from handlers.workspaces import Principal
 from projections.timeline import (
     LeadState,
@@ -75,8 +77,12 @@ class Cut:
     def __post_init__(self) -> None:
         if self.at is not None and self.position is not None:
             raise HistoryError(422, "validation_failed", "give either a time or a position")
-        if self.position is not None and self.position < 0:
-            raise HistoryError(422, "validation_failed", "a position is 0 or more")
+        if self.position is not None and not 0 <= self.position <= MAX_POSITION:
+            raise HistoryError(
+                422,
+                "validation_failed",
+                f"a position is between 0 and {MAX_POSITION} (no commit can produce another)",
+            )
 
     def includes(self, recorded_at: datetime, position: int) -> bool:
         if self.at is not None:
@@ -169,7 +175,8 @@ async def lead_history(
     wanted: set[UUID] = set()
     for _, entry in entries:
         wanted |= referenced_pipelines(entry.summary, entry.changes)
-    names = await pipeline_names(engine, wanted, first.workspace_id) if wanted else Names()
+    names = await pipeline_names(engine.store, wanted, first.workspace_id) if wanted else Names()
+    people = await actor_names(engine, (entry.actor for _, entry in entries))
     items = [
         {
             "position": logged.position,
@@ -178,6 +185,7 @@ async def lead_history(
             "eventType": logged.event_type,
             "recordedAt": logged.recorded_at.isoformat(),
             "actor": entry.actor,
+            **actor_fields(entry.actor, people),
             "summary": render_summary(entry.summary, names),
             "changes": render_changes(entry.changes, names),
             "category": entry.category,
@@ -205,13 +213,13 @@ async def lead_history(
     }
 
 
-@router.get("/leads/{lead}/history")
+@router.get("/leads/{lead}/history", dependencies=[StrictQuery])
 async def lead_history_route(
     lead: str,
     request: Request,
     caller: Viewer,
     at: Annotated[str | None, Query(max_length=64)] = None,
-    position: Annotated[int | None, Query(ge=0)] = None,
+    position: Annotated[int | None, Query(ge=0, le=MAX_POSITION)] = None,
 ) -> dict[str, Any]:
     """The lead's complete history from the log (oldest first: time, actor or channel, what
     changed) and its state; with `at` (ISO 8601) or `position`, as it was then. `lead` is

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
@@ -24,6 +24,8 @@ from gateways.http.payloads import (
     parse_json_object,
     validation_error,
 )
+from gateways.http.query import StrictQuery
+from gateways.http.views import After
 from handlers import inbound_webhooks as commands
 from handlers.inbound_webhooks import (
     KEEP,
@@ -151,14 +153,14 @@ async def create_webhook(request: Request, caller: Manager) -> JsonResponse:
     return JsonResponse(with_key_json(request, created), status_code=201)
 
 
-@router.get("/v1/lead-webhooks")
+@router.get("/v1/lead-webhooks", dependencies=[StrictQuery])
 async def list_webhooks(request: Request, caller: Viewer) -> dict[str, Any]:
     workspace_id = workspace_of(caller, request)
     views = await commands.list_webhooks_from_log(engine_of(request).store, workspace_id)
     return {"items": [webhook_json(v) for v in views], "total": len(views)}
 
 
-@router.get("/v1/lead-webhooks/{webhook_id}")
+@router.get("/v1/lead-webhooks/{webhook_id}", dependencies=[StrictQuery])
 async def get_webhook(webhook_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
     workspace_id = workspace_of(caller, request)
     try:
@@ -168,12 +170,12 @@ async def get_webhook(webhook_id: UUID, request: Request, caller: Viewer) -> dic
     return webhook_json(view)
 
 
-@router.get("/v1/lead-webhooks/{webhook_id}/stats")
+@router.get("/v1/lead-webhooks/{webhook_id}/stats", dependencies=[StrictQuery])
 async def webhook_stats(
     webhook_id: UUID,
     request: Request,
     caller: Viewer,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: After = None,
 ) -> dict[str, Any]:
     """Leads received through the webhook (duplicates among them) and the last one's time."""
     workspace_id = workspace_of(caller, request)

@@ -22,6 +22,7 @@ from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
 from gateways.http.lead_commands import done_json, run
 from gateways.http.payloads import validation_error
+from gateways.http.query import StrictQuery
 from handlers import lead_types as commands
 from handlers.lead_types import LeadTypeNotFound, Saved
 from handlers.workspaces import Principal
@@ -163,7 +164,7 @@ async def create_lead_type(
     return saved_json(saved)
 
 
-@router.get("/v1/lead-types")
+@router.get("/v1/lead-types", dependencies=[StrictQuery])
 async def list_lead_types(request: Request, caller: Viewer) -> dict[str, Any]:
     ws = workspace_of(caller, request)
     store = engine_of(request).store
@@ -172,7 +173,7 @@ async def list_lead_types(request: Request, caller: Viewer) -> dict[str, Any]:
     return {"items": [lead_type_json(t, default_id) for t in found], "total": len(found)}
 
 
-@router.get("/v1/lead-types/{lead_type_id}")
+@router.get("/v1/lead-types/{lead_type_id}", dependencies=[StrictQuery])
 async def get_lead_type(lead_type_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
     ws = workspace_of(caller, request)
     store = engine_of(request).store

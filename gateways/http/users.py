@@ -14,6 +14,7 @@ from domain.users import MAX_MEMBERS, InvalidUser, User, UserGroup
 from domain.workspaces import Permission
 from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
+from gateways.http.query import StrictQuery
 from handlers import users as commands
 from handlers.users import GroupNotFound, InvalidMembers, Taken, UserNotFound
 from handlers.workspaces import Principal
@@ -107,7 +108,7 @@ async def create_user(body: CreateUser, request: Request, caller: Manager) -> di
     return {**user_json(user), "position": position}
 
 
-@router.get("/users")
+@router.get("/users", dependencies=[StrictQuery])
 async def list_users(
     request: Request, caller: Viewer, active: bool | None = None
 ) -> dict[str, Any]:
@@ -117,7 +118,7 @@ async def list_users(
     return {"items": [user_json(u) for u in users], "total": len(users)}
 
 
-@router.get("/users/{user_id}")
+@router.get("/users/{user_id}", dependencies=[StrictQuery])
 async def get_user(user_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
     ws = workspace_of(caller, request)
     store = engine_of(request).store
@@ -176,14 +177,14 @@ async def create_group(body: CreateGroup, request: Request, caller: Manager) -> 
     return {**group_json(group), "position": position}
 
 
-@router.get("/user-groups", tags=["user groups"])
+@router.get("/user-groups", tags=["user groups"], dependencies=[StrictQuery])
 async def list_groups(request: Request, caller: Viewer) -> dict[str, Any]:
     ws = workspace_of(caller, request)
     groups = await commands.list_groups(engine_of(request).store, ws)
     return {"items": [group_json(g) for g in groups], "total": len(groups)}
 
 
-@router.get("/user-groups/{group_id}", tags=["user groups"])
+@router.get("/user-groups/{group_id}", tags=["user groups"], dependencies=[StrictQuery])
 async def get_group(group_id: UUID, request: Request, caller: Viewer) -> dict[str, Any]:
     ws = workspace_of(caller, request)
     store = engine_of(request).store
