@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The browser tests drive Debian's Chromium (never a browser Playwright downloads).
 setup: $(STAMP)
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium; \
+		else echo "chromium is missing and this is not root: the browser tests will be skipped (apt-get install chromium)"; fi; }
 
 run: setup
 	$(BIN)/leadlog up

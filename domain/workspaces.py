@@ -150,6 +150,8 @@ class ApiToken(Aggregate):
         hint: str
         # Set on a `partner` token: the partner it speaks for.
         partner_id: UUID | None = None
+        # Set on a token that belongs to a person: it acts as that user.
+        user_id: UUID | None = None
 
     class Revoked(Aggregate.Event):
         pass
@@ -163,11 +165,15 @@ class ApiToken(Aggregate):
         name: str,
         hint: str,
         partner_id: UUID | None = None,
+        user_id: UUID | None = None,
     ) -> None:
         if (role is Role.PARTNER) != (partner_id is not None):
             raise InvalidSetting("a partner token, and only one, names its partner")
+        if partner_id is not None and user_id is not None:
+            raise InvalidSetting("a partner token cannot belong to a user")
         self.workspace_id = workspace_id
         self.partner_id = partner_id
+        self.user_id = user_id
         self.role = role
         self.token_hash = token_hash
         self.name = name

@@ -20,6 +20,7 @@ from gateways.settings import Settings
 from handlers.intake import LeadIntake
 from handlers.workspaces import Authenticator
 from projections.base import Projection
+from projections.dashboard import DashboardStats
 from projections.deliveries import DeliveriesView
 from projections.lead_timers import LeadTimers
 from projections.leads import LeadList
@@ -41,6 +42,7 @@ PROJECTIONS: tuple[Projection, ...] = (
     LeadTimers(),
     WebhookStats(),
     DeliveriesView(),
+    DashboardStats(),
 )
 
 

@@ -78,3 +78,24 @@ def admin_token(settings: Settings) -> tuple[str, bool]:
     with os.fdopen(fd, "w") as file:
         file.write(token + "\n")
     return token, True
+
+
+def secret_key(settings: Settings) -> bytes:
+    """The key that signs the web app's session cookies and CSRF tokens:
+    LEADLOG_SECRET_KEY, else the one kept in the data folder (created on first use,
+    readable by its owner only; a process that lost the race to create it reads it)."""
+    if settings.secret_key is not None and settings.secret_key.get_secret_value():
+        return settings.secret_key.get_secret_value().encode()
+    path = settings.data_dir / "secret-key"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Written whole under a private name, then linked into place: a process racing
+        # this one never reads a half-written key, and the first link wins.
+        scratch = settings.data_dir / f".secret-key.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(48) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(scratch, path)
+        scratch.unlink()
+    return path.read_text().strip().encode()

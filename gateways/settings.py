@@ -42,3 +42,14 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
+    # The web app. Cookies are marked Secure when the public URL is https.
+    public_url: str | None = None
+    # Signs session cookies and CSRF tokens; unset: generated once into the data folder.
+    # Every API process serving the same users needs the same key.
+    secret_key: SecretStr | None = None
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 90)
+    # Failed sign-ins allowed per email and per client address within the window; beyond
+    # them sign-in answers 429 with Retry-After until the oldest failure leaves the window.
+    sign_in_failures_per_email: int = Field(default=5, ge=1)
+    sign_in_failures_per_address: int = Field(default=20, ge=1)
+    sign_in_window_seconds: float = Field(default=900.0, gt=0)

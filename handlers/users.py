@@ -1,15 +1,27 @@
-"""Command handlers for the user directory: users, groups, and who a lead may be given to."""
+"""Command handlers for the user directory: users (with their role and password), groups,
+who a lead may be given to, and sign-in sessions."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TypeVar
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 from domain.base import DomainEvent
-from domain.users import User, UserGroup, email_key, group_name_key, new_group, new_user
-from domain.workspaces import Workspace
+from domain.users import (
+    User,
+    UserGroup,
+    UserSession,
+    check_password,
+    email_key,
+    group_name_key,
+    new_group,
+    new_user,
+    user_email,
+)
+from domain.workspaces import Role, Workspace
 from handlers.listing import aggregates_of
 from handlers.ports import Append, Claim, EventStore, ReservationTaken
 from handlers.retry import retrying
@@ -41,6 +53,22 @@ class InvalidMembers(UnknownUser):
         listed = ", ".join(str(i) for i in member_ids)
         super().__init__(f"not active users of this workspace: {listed}")
         self.member_ids = list(member_ids)
+
+
+class PasswordHasher(Protocol):
+    """The password hashing port (argon2id in `gateways.web.passwords`); asynchronous so
+    the deliberately slow hashing runs off the event loop."""
+
+    async def hash(self, password: str) -> str: ...
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        """True when `password` matches; False otherwise (never raises for a mismatch)."""
+        ...
+
+    async def waste(self, password: str) -> None:
+        """Spend the time one verification takes, for an email no user has: the answer
+        must not come back faster for unknown emails."""
+        ...
 
 
 class Taken(ReservationTaken):
@@ -103,12 +131,25 @@ async def list_users(
 
 
 async def create_user(
-    store: EventStore, workspace_id: UUID, name: str, email: str, actor: str
+    store: EventStore,
+    workspace_id: UUID,
+    name: str,
+    email: str,
+    actor: str,
+    role: Role | str = Role.MANAGER,
+    password: str | None = None,
+    hasher: PasswordHasher | None = None,
 ) -> tuple[User, int]:
-    """A new active user; the email (normalised) must not be any other user's in the
-    workspace, deactivated users included (`Taken` otherwise, decided in the append)."""
+    """A new active user (a manager unless `role` says otherwise), with a password when
+    given (checked, then hashed by `hasher`: only the hash is recorded), in one append; the
+    email (normalised) must not be any other user's in the workspace, deactivated users
+    included (`Taken` otherwise, decided in the append)."""
     await _ensure_workspace(store, workspace_id)
-    user = new_user(workspace_id, name, email, actor)
+    user = new_user(workspace_id, name, email, actor, role)
+    if password is not None:
+        if hasher is None:
+            raise ValueError("a password needs a hasher")
+        user.set_password_hash(await hasher.hash(check_password(password)), actor)
     position = await _append(
         store,
         workspace_id,
@@ -151,6 +192,111 @@ async def update_user(
         return user, position
 
     return await retrying(attempt)
+
+
+async def find_by_email(store: EventStore, workspace_id: UUID, email: str) -> User | None:
+    """The workspace's user (active or not) with this email, by its reservation."""
+    try:
+        normal = user_email(email)
+    except ValueError:
+        return None
+    holder = await store.holder(email_key(workspace_id, normal))
+    if holder is None:
+        return None
+    user = await load_user(store, workspace_id, holder)
+    return user if user is not None and user.email == normal else None
+
+
+async def set_password(
+    store: EventStore,
+    hasher: PasswordHasher,
+    workspace_id: UUID,
+    user_id: UUID,
+    password: str,
+    actor: str,
+) -> tuple[User, int]:
+    """Give the user a new password (at least 10 characters); only its hash is recorded."""
+    password_hash = await hasher.hash(check_password(password))
+
+    async def attempt() -> tuple[User, int]:
+        user = await get_user(store, workspace_id, user_id)
+        user.set_password_hash(password_hash, actor)
+        return user, await _append(store, workspace_id, user.collect_events())
+
+    return await retrying(attempt)
+
+
+async def change_role(
+    store: EventStore, workspace_id: UUID, user_id: UUID, role: Role | str, actor: str
+) -> tuple[User, int]:
+    """Give the user another role; position 0 when it already had it."""
+
+    async def attempt() -> tuple[User, int]:
+        user = await get_user(store, workspace_id, user_id)
+        user.change_role(role, actor)
+        return user, await _append(store, workspace_id, user.collect_events())
+
+    return await retrying(attempt)
+
+
+async def verify_password(
+    store: EventStore, hasher: PasswordHasher, candidates: Sequence[UUID], email: str, password: str
+) -> list[User]:
+    """The active users among `candidates` (user ids, any workspaces) whose email is `email`
+    and whose password is `password`. With no candidate that has a password, a dummy
+    verification takes the time a real one would."""
+    try:
+        normal = user_email(email)
+    except ValueError:
+        normal = ""
+    users = [await store.load(User, user_id) for user_id in candidates]
+    usable = [
+        u
+        for u in users
+        if u is not None and u.active and u.email == normal and u.password_hash is not None
+    ]
+    if not usable:
+        await hasher.waste(password)
+        return []
+    return [u for u in usable if u.password_hash and await hasher.verify(u.password_hash, password)]
+
+
+async def start_session(
+    store: EventStore, user: User, now: datetime, lifetime: timedelta
+) -> tuple[UserSession, int]:
+    """A new sign-in session of the user, valid for `lifetime`: `user_session.started` in
+    the log (who and until when; no secret)."""
+    session = UserSession(
+        workspace_id=user.workspace_id, user_id=user.id, expires_at=now + lifetime
+    )
+    return session, await _append(store, user.workspace_id, session.collect_events())
+
+
+async def end_session(store: EventStore, session_id: UUID, reason: str = "signed_out") -> int:
+    """End the session (sign-out); 0 when it was already ended or does not exist."""
+
+    async def attempt() -> int:
+        session = await store.load(UserSession, session_id)
+        if session is None or not session.end(reason):
+            return 0
+        return await _append(store, session.workspace_id, session.collect_events())
+
+    return await retrying(attempt)
+
+
+async def session_user(
+    store: EventStore, session_id: UUID, now: datetime
+) -> tuple[UserSession, User] | None:
+    """The live session and its user; None when the session is ended, expired or unknown,
+    or its user is deactivated (read from the log on every call, so it takes effect at
+    once)."""
+    session = await store.load(UserSession, session_id)
+    if session is None or not session.live_at(now):
+        return None
+    user = await load_user(store, session.workspace_id, session.user_id)
+    if user is None or not user.active:
+        return None
+    return session, user
 
 
 async def deactivate_user(

@@ -8,12 +8,15 @@ import hmac
 import itertools
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 from domain.pipelines import DEFAULT_PIPELINE_NAME, Pipeline, default_stages
+from domain.users import User
 from domain.workspaces import ROLE_PERMISSIONS, ApiToken, Permission, Role, Workspace, clean_name
+from handlers.listing import aggregates_of
 from handlers.ports import Append, Claim, ConcurrencyConflict, EventStore
 
 TOKEN_PREFIX = "llt_"
@@ -27,6 +30,10 @@ class TokenNotFound(LookupError):
     pass
 
 
+class TokenUserNotFound(LookupError):
+    """The user a token should belong to is not an active user of its workspace."""
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the operator (every workspace) or a token of one workspace."""
@@ -37,6 +44,8 @@ class Principal:
     token_id: UUID | None = None
     # A partner token's partner: it acts for that partner only.
     partner_id: UUID | None = None
+    # A person signed in to the web app: the user it acts as.
+    user_id: UUID | None = None
 
     @property
     def is_operator(self) -> bool:
@@ -104,10 +113,16 @@ async def issue_token(
     name: str = "api",
     generate: Callable[[], str] = new_secret,
     partner_id: UUID | None = None,
+    user_id: UUID | None = None,
 ) -> IssuedToken:
-    """Issue a token; the secret is returned once and stored only as a hash."""
+    """Issue a token; the secret is returned once and stored only as a hash. With `user_id`
+    the token belongs to that user of the workspace and acts as them."""
     if await store.load(Workspace, workspace_id) is None:
         raise WorkspaceNotFound(f"workspace {workspace_id} does not exist")
+    if user_id is not None:
+        user = await store.load(User, user_id)
+        if user is None or user.workspace_id != workspace_id or not user.active:
+            raise TokenUserNotFound(f"user {user_id} is not an active user of this workspace")
     secret = generate()
     digest = hash_token(secret)
     token = ApiToken(
@@ -117,6 +132,7 @@ async def issue_token(
         name=clean_name(name, "token name"),
         hint=secret[: len(TOKEN_PREFIX) + 4],
         partner_id=partner_id,
+        user_id=user_id,
     )
     appended = await store.append(
         Append(
@@ -276,12 +292,19 @@ async def authenticate(
     token = await store.load(ApiToken, token_id)
     if token is None or token.revoked or not hmac.compare_digest(token.token_hash, digest):
         return None
+    user_id = getattr(token, "user_id", None)
+    if user_id is not None:
+        # A deactivated person's tokens stop working with them.
+        user = await store.load(User, user_id)
+        if user is None or not user.active:
+            return None
     return Principal(
         token.workspace_id,
         token.role,
         ROLE_PERMISSIONS[token.role],
         token.id,
         getattr(token, "partner_id", None),
+        getattr(token, "user_id", None),
     )
 
 
@@ -320,3 +343,75 @@ async def list_workspaces(store: EventStore, page_size: int = 1000) -> list[Work
                 )
         after = page[-1].position
     return list(found.values())
+
+
+@dataclass(frozen=True)
+class TokenView:
+    id: UUID
+    name: str
+    role: Role
+    user_id: UUID | None
+    partner_id: UUID | None
+    hint: str
+    created_at: datetime
+    revoked: bool
+
+
+async def list_tokens(store: EventStore, workspace_id: UUID) -> list[TokenView]:
+    """The workspace's tokens, oldest first, revoked ones too (never their secrets)."""
+    tokens = await aggregates_of(store, ApiToken, "api_token.issued", workspace_id)
+    return [
+        TokenView(
+            t.id,
+            t.name,
+            t.role,
+            getattr(t, "user_id", None),
+            t.partner_id,
+            t.hint,
+            t.created_on,
+            t.revoked,
+        )
+        for t in tokens
+    ]
+
+
+@dataclass(frozen=True)
+class ActorUser:
+    """A person behind an actor string of the log."""
+
+    id: UUID
+    name: str
+    email: str
+
+
+async def actor_users(store: EventStore, actors: Iterable[str | None]) -> dict[str, ActorUser]:
+    """The people behind `user:<id>` actors and `token:<id>` actors of tokens that belong to
+    a user, by actor string; other actors (operator, channels, tokens of no one) are left
+    out. One load per distinct actor."""
+    found: dict[str, ActorUser] = {}
+    users: dict[UUID, ActorUser | None] = {}
+
+    async def person(user_id: UUID) -> ActorUser | None:
+        if user_id not in users:
+            user = await store.load(User, user_id)
+            users[user_id] = ActorUser(user.id, user.name, user.email) if user else None
+        return users[user_id]
+
+    for actor in set(actors):
+        if not actor:
+            continue
+        kind, _, raw = actor.partition(":")
+        try:
+            ref = UUID(raw)
+        except ValueError:
+            continue
+        who: ActorUser | None = None
+        if kind == "user":
+            who = await person(ref)
+        elif kind == "token":
+            token = await store.load(ApiToken, ref)
+            user_id = getattr(token, "user_id", None) if token is not None else None
+            who = await person(user_id) if user_id is not None else None
+        if who is not None:
+            found[actor] = who
+    return found

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateways.cli import deliveries, imports, intake, ops, serve, workspaces
+from gateways.cli import deliveries, imports, intake, ops, serve, users, workspaces
 from gateways.cli.common import new_app
 
 app = new_app("leadlog: an event-sourced lead processing engine.")
@@ -12,6 +12,7 @@ ops.register(app)
 imports.register(app)
 intake.register(app)
 deliveries.register(app)
+users.register(app)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from gateways.http.app import create_app
 from gateways.logs import configure_logging
 from gateways.servers import ServerUrls, admin_token, server_urls
 from gateways.settings import Settings
+from gateways.web.live import stop_streams
 from gateways.workers import build_workers
 
 
@@ -48,6 +49,11 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # The board's event streams never end by themselves: the graceful stop waits for them.
+        stop_streams()
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

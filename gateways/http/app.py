@@ -28,6 +28,7 @@ from gateways.http.errors import JsonResponse, install_error_handlers
 from gateways.http.middleware import BodyLimit, RequestContext
 from gateways.postgres.errors import RETRY_AFTER_SECONDS, describe, is_unavailable
 from gateways.status import refresh_metrics, stopped_consumers
+from gateways.web.app import mount_web
 
 
 def create_app(engine: Engine) -> FastAPI:
@@ -35,6 +36,9 @@ def create_app(engine: Engine) -> FastAPI:
         title="leadlog",
         version="0.1.0",
         description="Event-sourced lead processing engine.",
+        # Served by the web app from vendored assets, so they work offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.engine = engine
     install_error_handlers(app)
@@ -54,6 +58,7 @@ def create_app(engine: Engine) -> FastAPI:
     app.include_router(submit.router)
     app.include_router(forms.router)
     app.include_router(imports.router)
+    mount_web(app, engine)
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def metrics(request: Request) -> Response:

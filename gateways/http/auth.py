@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 from uuid import UUID
 
 from fastapi import Request
@@ -10,7 +11,7 @@ from fastapi import Request
 from domain.workspaces import Permission
 from gateways.bootstrap import Engine
 from gateways.http.errors import ApiError
-from handlers.workspaces import Principal
+from handlers.workspaces import ActorUser, Principal, actor_users
 
 
 def engine_of(request: Request) -> Engine:
@@ -39,6 +40,15 @@ def requires(permission: Permission) -> Callable[[Request], Awaitable[Principal]
         return caller
 
     return check
+
+
+async def lead_reader(request: Request) -> Principal:
+    """A caller that may read leads: one with `leads:view`, or a partner token (which reads
+    only the leads referred to its partner, as a referral shares them)."""
+    caller = await principal(request)
+    if caller.partner_id is None and not caller.can(Permission.LEADS_VIEW):
+        raise ApiError(403, "forbidden", f"this token lacks the {Permission.LEADS_VIEW} permission")
+    return caller
 
 
 async def operator(request: Request) -> Principal:
@@ -71,4 +81,27 @@ def workspace_of(caller: Principal, request: Request) -> UUID:
 
 
 def actor_of(caller: Principal) -> str:
-    return f"token:{caller.token_id}" if caller.token_id else "operator"
+    """How the log names the caller: its token (a token of a person is shown with their
+    name where actors are read), a signed-in user, or the operator."""
+    if caller.token_id:
+        return f"token:{caller.token_id}"
+    if caller.user_id:
+        return f"user:{caller.user_id}"
+    return "operator"
+
+
+async def actor_names(engine: Engine, actors: Iterable[str | None]) -> dict[str, ActorUser]:
+    """The people behind the actors of entries shown to a reader (see `actor_fields`)."""
+    return await actor_users(engine.store, actors)
+
+
+def actor_fields(actor: str | None, people: Mapping[str, ActorUser]) -> dict[str, Any]:
+    """`actorName` and `actorUser` ({type, id, name}) beside the raw `actor` of an entry:
+    the person's name for `user:<id>` and for a user's token, else None."""
+    who = people.get(actor) if actor else None
+    if who is None:
+        return {"actorName": None, "actorUser": None}
+    return {
+        "actorName": who.name,
+        "actorUser": {"type": "user", "id": str(who.id), "name": who.name},
+    }

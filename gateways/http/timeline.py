@@ -10,10 +10,10 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 
 from domain.leads import Lead
-from domain.pipelines import Pipeline
 from domain.workspaces import Permission
 from gateways.bootstrap import Engine
-from gateways.http.auth import engine_of, requires, workspace_of
+from gateways.consumers.read_models import pipeline_names
+from gateways.http.auth import actor_fields, actor_names, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
 from gateways.http.query import StrictQuery
 from gateways.http.views import MAX_WAIT, After
@@ -90,30 +90,6 @@ def categories(include: str | None) -> list[str]:
     return sorted(shown)
 
 
-async def pipeline_names(engine: Engine, pipeline_ids: set[UUID], workspace_id: UUID) -> Names:
-    """Current pipeline and stage names, and the last name of each stage since removed,
-    folded from each pipeline's history (one read per pipeline)."""
-    names = Names()
-    for pipeline_id in sorted(pipeline_ids):
-        stages: dict[UUID, str] = {}
-        name: str | None = None
-        for logged in await engine.store.history(pipeline_id):
-            event = logged.event
-            if isinstance(event, Pipeline.Created) and event.workspace_id == workspace_id:
-                name = event.name
-                stages.update((s.id, s.name) for s in event.stages)
-            elif name is None:
-                break  # not a pipeline of this workspace
-            elif isinstance(event, Pipeline.Renamed):
-                name = event.name
-            elif isinstance(event, Pipeline.StagesChanged):
-                stages.update((s.id, s.name) for s in event.stages)
-        if name is not None:
-            names.pipelines[pipeline_id] = name
-            names.stages.update(stages)
-    return names
-
-
 def submission_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
@@ -168,7 +144,8 @@ async def lead_timeline(
     wanted: set[UUID] = set()
     for row, changes in entries:
         wanted |= referenced_pipelines(row["summary"], changes)
-    names = await pipeline_names(engine, wanted, workspace_id) if wanted else Names()
+    names = await pipeline_names(engine.store, wanted, workspace_id) if wanted else Names()
+    people = await actor_names(engine, (row["actor"] for row, _ in entries))
     items = [
         {
             "position": row["position"],
@@ -176,6 +153,7 @@ async def lead_timeline(
             "eventType": row["event_type"],
             "occurredAt": row["occurred_at"].isoformat(),
             "actor": row["actor"],
+            **actor_fields(row["actor"], people),
             "summary": render_summary(row["summary"], names),
             "changes": render_changes(changes, names),
             "category": row["category"],

@@ -8,9 +8,11 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.workspaces import MAX_ABANDON_AFTER_HOURS, InvalidSetting, Role
-from gateways.http.auth import engine_of, operator, principal, scoped_workspace
+from domain.users import User
+from domain.workspaces import MAX_ABANDON_AFTER_HOURS, ApiToken, InvalidSetting, Role
+from gateways.http.auth import actor_of, engine_of, operator, principal, scoped_workspace
 from gateways.http.errors import ApiError
+from gateways.http.query import StrictQuery
 from handlers import workspaces as commands
 from handlers.workspaces import Principal
 
@@ -37,6 +39,11 @@ class CreateWorkspace(Body):
 class CreateToken(Body):
     role: Role
     name: str = Field(default="api", min_length=1, max_length=200)
+    user_id: UUID | None = Field(
+        default=None,
+        alias="userId",
+        description="a user of the workspace the token belongs to: it then acts as that user",
+    )
 
 
 class WorkspaceSettings(Body):
@@ -63,7 +70,7 @@ async def create_workspace(
     return {**workspace_json(view), "position": created.position}
 
 
-@router.get("/workspaces")
+@router.get("/workspaces", dependencies=[StrictQuery])
 async def list_workspaces(request: Request, caller: Caller) -> dict[str, object]:
     engine = engine_of(request)
     if caller.is_operator:
@@ -74,7 +81,7 @@ async def list_workspaces(request: Request, caller: Caller) -> dict[str, object]
     return {"items": [workspace_json(v) for v in views], "total": len(views)}
 
 
-@router.get("/workspaces/{workspace_id}")
+@router.get("/workspaces/{workspace_id}", dependencies=[StrictQuery])
 async def get_workspace(workspace_id: UUID, request: Request, caller: Caller) -> dict[str, object]:
     scoped = scoped_workspace(caller, workspace_id)
     return workspace_json(await commands.get_workspace(engine_of(request).store, scoped))
@@ -101,14 +108,45 @@ async def create_token(
         )
     if body.role not in _MAY_ISSUE.get(caller.role, set()):
         raise ApiError(403, "forbidden", f"this token may not issue {body.role} tokens")
-    issued = await commands.issue_token(engine_of(request).store, scoped, body.role, body.name)
+    try:
+        issued = await commands.issue_token(
+            engine_of(request).store, scoped, body.role, body.name, user_id=body.user_id
+        )
+    except commands.TokenUserNotFound as error:
+        raise ApiError(
+            422, "validation_failed", str(error), [{"location": "userId", "message": str(error)}]
+        ) from error
     return {
         "id": str(issued.id),
         "token": issued.token,
         "workspaceId": str(issued.workspace_id),
         "role": issued.role,
+        "userId": str(body.user_id) if body.user_id else None,
         "position": issued.position,
     }
+
+
+@router.get("/workspaces/{workspace_id}/tokens", dependencies=[StrictQuery])
+async def list_tokens(workspace_id: UUID, request: Request, caller: Caller) -> dict[str, object]:
+    """The workspace's tokens without their secrets (the first characters only, as `hint`)."""
+    scoped = scoped_workspace(caller, workspace_id)
+    if caller.role not in _MAY_ISSUE:
+        raise ApiError(403, "forbidden", "this token may not list tokens")
+    tokens = await commands.list_tokens(engine_of(request).store, scoped)
+    items = [
+        {
+            "id": str(t.id),
+            "name": t.name,
+            "role": t.role,
+            "userId": str(t.user_id) if t.user_id else None,
+            "partnerId": str(t.partner_id) if t.partner_id else None,
+            "hint": t.hint,
+            "createdAt": t.created_at.isoformat(),
+            "revoked": t.revoked,
+        }
+        for t in tokens
+    ]
+    return {"items": items, "total": len(items)}
 
 
 @router.delete("/workspaces/{workspace_id}/tokens/{token_id}")
@@ -143,11 +181,27 @@ async def update_settings(
     }
 
 
-@router.get("/me")
-async def me(caller: Caller) -> dict[str, object]:
+@router.get("/me", dependencies=[StrictQuery])
+async def me(request: Request, caller: Caller) -> dict[str, object]:
+    """Who the caller is: the operator, a token (its name and role) and, when the token
+    belongs to a person, that user (id, name, email)."""
+    store = engine_of(request).store
+    token: dict[str, object] | None = None
+    if caller.token_id is not None:
+        found = await store.load(ApiToken, caller.token_id)
+        if found is not None:
+            token = {"id": str(found.id), "name": found.name, "role": found.role}
+    user: dict[str, object] | None = None
+    if caller.user_id is not None:
+        person = await store.load(User, caller.user_id)
+        if person is not None:
+            user = {"id": str(person.id), "name": person.name, "email": person.email}
     return {
         "workspaceId": str(caller.workspace_id) if caller.workspace_id else None,
         "role": caller.role,
         "operator": caller.is_operator,
         "permissions": sorted(caller.permissions),
+        "actor": actor_of(caller),
+        "user": user,
+        "token": token,
     }

@@ -52,6 +52,9 @@ async def test_operator_creates_workspace_and_token(client: httpx.AsyncClient) -
         "role": "manager",
         "operator": False,
         "permissions": ["leads:manage", "leads:view", "returns:start"],
+        "actor": f"token:{issued['id']}",
+        "user": None,
+        "token": {"id": issued["id"], "name": "api", "role": "manager"},
     }
 
 

@@ -1,0 +1,217 @@
+// The lead drawer: opens beside the board on a card click (or Enter on a focused card),
+// loaded by htmx from /board/leads/{id}; bookmarkable as /?lead={id}. No inline script (CSP).
+"use strict";
+
+(function () {
+  var drawer = null;
+  var shownLead = null;
+  var returnFocusTo = null;
+  var stale = false;
+
+  function ensureDrawer() {
+    if (drawer) return drawer;
+    drawer = document.createElement("aside");
+    drawer.id = "lead-drawer";
+    drawer.className = "drawer";
+    drawer.setAttribute("role", "dialog");
+    drawer.setAttribute("aria-modal", "false");
+    drawer.setAttribute("aria-labelledby", "drawer-title");
+    drawer.hidden = true;
+    document.body.appendChild(drawer);
+    if (window.htmx) window.htmx.process(drawer);
+    return drawer;
+  }
+
+  function showAll() {
+    var toggle = drawer && drawer.querySelector("[data-timeline-toggle]");
+    return !!(toggle && toggle.checked);
+  }
+
+  function setUrl(leadId) {
+    var url = new URL(window.location.href);
+    if (leadId) url.searchParams.set("lead", leadId);
+    else url.searchParams.delete("lead");
+    window.history.replaceState(window.history.state, "", url.pathname + url.search + url.hash);
+  }
+
+  function load(leadId, focus) {
+    ensureDrawer();
+    stale = false;
+    var url = "/board/leads/" + encodeURIComponent(leadId) + (showAll() && shownLead === leadId ? "?all=1" : "");
+    shownLead = leadId;
+    drawer.dataset.leadId = leadId;
+    drawer.hidden = false;
+    document.body.classList.add("drawer-open");
+    return window.htmx.ajax("GET", url, { target: drawer, swap: "innerHTML" }).then(function () {
+      if (focus) {
+        var title = drawer.querySelector("#drawer-title");
+        if (title) title.focus();
+      }
+    });
+  }
+
+  function open(leadId, card) {
+    returnFocusTo = card || null;
+    setUrl(leadId);
+    load(leadId, true);
+  }
+
+  function close() {
+    if (!drawer || drawer.hidden) return;
+    var leadId = shownLead;
+    drawer.hidden = true;
+    drawer.innerHTML = "";
+    shownLead = null;
+    delete drawer.dataset.leadId;
+    document.body.classList.remove("drawer-open");
+    setUrl(null);
+    // The card may have been re-rendered meanwhile: find it again by its id.
+    var card = leadId && document.querySelector('article.card[data-lead-id="' + CSS.escape(leadId) + '"]');
+    var target = card || (returnFocusTo && document.contains(returnFocusTo) ? returnFocusTo : null);
+    returnFocusTo = null;
+    if (target) target.focus();
+  }
+
+  function cardFrom(event) {
+    var card = event.target.closest && event.target.closest("article.card[data-lead-id]");
+    if (!card || (drawer && drawer.contains(card))) return null;
+    return card;
+  }
+
+  document.addEventListener("click", function (event) {
+    var card = cardFrom(event);
+    if (card) {
+      // A drag (SortableJS) or a control inside the card is not a request to open it.
+      if (event.defaultPrevented || card.classList.contains("sortable-chosen") ||
+          card.classList.contains("sortable-drag") || document.body.classList.contains("dragging")) return;
+      if (event.target.closest("a, button, input, select, textarea")) return;
+      open(card.dataset.leadId, card);
+      return;
+    }
+    if (!drawer || !drawer.contains(event.target)) return;
+    var closer = event.target.closest("[data-drawer-close]");
+    if (closer) { close(); return; }
+    var link = event.target.closest("[data-lead-link]");
+    if (link) { event.preventDefault(); open(link.dataset.leadLink, null); return; }
+    var ask = event.target.closest("[data-confirm]");
+    if (ask) {
+      var panel = drawer.querySelector("#" + CSS.escape(ask.dataset.confirm));
+      if (panel) {
+        ask.hidden = true;
+        panel.hidden = false;
+        var yes = panel.querySelector("[data-confirmed]");
+        if (yes) yes.focus();
+      }
+      return;
+    }
+    var cancel = event.target.closest("[data-confirm-cancel]");
+    if (cancel) {
+      var box = cancel.closest(".confirm");
+      box.hidden = true;
+      var opener = drawer.querySelector('[data-confirm="' + box.id + '"]');
+      if (opener) { opener.hidden = false; opener.focus(); }
+      if (stale && shownLead) load(shownLead, false);
+    }
+  });
+
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && event.target.matches && event.target.matches("article.card[data-lead-id]") &&
+        !(drawer && drawer.contains(event.target))) {
+      event.preventDefault();
+      open(event.target.dataset.leadId, event.target);
+      return;
+    }
+    if (event.key === "Escape" && drawer && !drawer.hidden) {
+      event.preventDefault();
+      close();
+    }
+  });
+
+  // A confirmed one-shot command (convert, delete, restore): its controls go at once, so
+  // a second click has nothing to press (the server is idempotent anyway).
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var elt = event.detail.elt;
+    if (!drawer || !drawer.contains(elt) || !elt.dataset || !elt.dataset.confirmed) return;
+    var box = elt.closest(".confirmable");
+    if (box) box.hidden = true;
+  });
+
+  // The drawer's refusals (422, 403, 404) carry the drawer re-rendered with the reason.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    if (drawer && (target === drawer || drawer.contains(target)) &&
+        [403, 404, 409, 422].indexOf(event.detail.xhr.status) >= 0) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+
+  function placeCard(template) {
+    var leadId = template.dataset.cardFor;
+    var old = document.querySelector('.board article.card[data-lead-id="' + CSS.escape(leadId) + '"]');
+    var oldColumn = old && old.closest("section[data-stage-id]");
+    var newColumn = template.dataset.stageId &&
+      document.querySelector('.board section[data-stage-id="' + CSS.escape(template.dataset.stageId) + '"]');
+    var fresh = template.content.firstElementChild;
+    if (template.dataset.deleted === "true") {
+      if (old) { old.remove(); bump(oldColumn, -1); }
+    } else if (old && oldColumn === newColumn) {
+      old.replaceWith(fresh);
+    } else {
+      if (old) { old.remove(); bump(oldColumn, -1); }
+      if (newColumn && fresh) {
+        newColumn.querySelector(".cards").prepend(fresh);
+        var empty = newColumn.querySelector(".empty");
+        if (empty) empty.remove();
+        bump(newColumn, 1);
+      }
+    }
+    template.remove();
+  }
+
+  function bump(column, by) {
+    var count = column && column.querySelector("[data-count]");
+    if (!count) return;
+    var n = Math.max(0, (parseInt(count.dataset.count, 10) || 0) + by);
+    count.dataset.count = String(n);
+    count.textContent = String(n);
+    count.setAttribute("aria-label", n + " leads");
+  }
+
+  document.addEventListener("htmx:afterSwap", function (event) {
+    if (!drawer || event.detail.target !== drawer) return;
+    stale = false;
+    drawer.querySelectorAll("template[data-card-for]").forEach(placeCard);
+    // A command re-rendered the drawer: keep focus inside it.
+    if (!drawer.contains(document.activeElement)) {
+      var title = drawer.querySelector("#drawer-title");
+      if (title) title.focus();
+    }
+  });
+
+  // Changes learnt elsewhere (the board's live updates): refresh if it is this lead,
+  // unless the drawer itself made the change or a note is being written.
+  document.addEventListener("leadlog:lead-changed", function (event) {
+    var detail = event.detail || {};
+    if (!drawer || drawer.hidden || detail.leadId !== shownLead || detail.source === "drawer") return;
+    var inner = drawer.querySelector("[data-drawer-lead]");
+    var shownUpTo = inner ? parseInt(inner.dataset.position || "0", 10) || 0 : 0;
+    if (detail.position && detail.position <= shownUpTo) return;
+    // Someone is in the middle of something here (a note, a confirm): refresh afterwards.
+    var note = drawer.querySelector("textarea[name=value]");
+    if ((note && note.value.trim()) || drawer.querySelector(".confirm:not([hidden])") ||
+        drawer.querySelector("[aria-busy], .htmx-request")) {
+      stale = true;
+      return;
+    }
+    load(shownLead, false);
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var wanted = new URL(window.location.href).searchParams.get("lead");
+    if (wanted && /^[0-9a-fA-F-]{36}$/.test(wanted) && document.querySelector(".board")) {
+      var card = document.querySelector('article.card[data-lead-id="' + CSS.escape(wanted) + '"]');
+      open(wanted, card);
+    }
+  });
+})();
