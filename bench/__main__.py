@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvloop
 
+from bench.board import bench_board
 from bench.deliveries import bench_deliveries
 from bench.ingest import bench_ingest
 from bench.nats_bulk import bench_nats_bulk
@@ -43,6 +44,7 @@ def main() -> int:
         asyncio.run(run_projection_benchmarks(report, database_url))
         # on uvloop, as `leadlog up` and `leadlog serve` run the engine
         uvloop.run(bench_deliveries(report, database_url, nats_url))
+        asyncio.run(bench_board(report, database_url, nats_url))
     report.print()
     return 0
 
