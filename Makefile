@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all test-slow test-local lint bench lock clean
+.PHONY: setup browser run test test-all test-slow test-local lint bench lock clean
 
 # Installs exactly the versions (and hashes) in requirements.lock; `make lock` refreshes it
 # from the ranges in pyproject.toml.
@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-# The browser tests drive Debian's Chromium (never a browser Playwright downloads).
 setup: $(STAMP)
+
+# The browser tests drive Debian's Chromium (never a browser Playwright downloads).
+browser:
 	@command -v chromium >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium; \
 		else echo "chromium is missing and this is not root: the browser tests will be skipped (apt-get install chromium)"; fi; }
@@ -24,18 +26,18 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/leadlog up
 
-test: setup
+test: setup browser
 	$(BIN)/pytest -n 2 --dist loadfile
 
-test-all: setup
+test-all: setup browser
 	$(BIN)/pytest -n 2 --dist loadfile -m ''
 
 # only the tests marked slow (outages, soak, fuzzing at length)
-test-slow: setup
+test-slow: setup browser
 	$(BIN)/pytest -n 2 --dist loadfile -m slow
 
 # the integration tests against already-running servers (this machine's PostgreSQL and NATS)
-test-local: setup
+test-local: setup browser
 	LEADLOG_TEST_DATABASE_URL=$${LEADLOG_TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/test} \
 	LEADLOG_TEST_NATS_URL=$${LEADLOG_TEST_NATS_URL:-nats://127.0.0.1:4222} \
 	$(BIN)/pytest -n 2 --dist loadfile
