@@ -68,3 +68,28 @@ def settings_page(
         {"signed": signed, "manage": can_manage(signed), "errors": {}, **context},
         status_code=status_code,
     )
+
+
+def confirm_page(
+    request: Request,
+    signed: SignedIn,
+    *,
+    heading: str,
+    question: str,
+    action: str,
+    button: str,
+    cancel: str,
+) -> Response:
+    """The step that asks before something that cannot be undone (a delete, a new key)."""
+    return settings_page(
+        request,
+        signed,
+        "settings_confirm.html",
+        {
+            "question": question,
+            "action": action,
+            "button": button,
+            "cancel": cancel,
+            "heading": heading,
+        },
+    )

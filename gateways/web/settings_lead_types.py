@@ -28,7 +28,14 @@ from domain.triggers import Trigger
 from domain.workspaces import InvalidName
 from gateways.web.routes import csrf_guard
 from gateways.web.session import SignedIn, require_user, web_of
-from gateways.web.settings_common import can_manage, form_lists, one, refused, settings_page
+from gateways.web.settings_common import (
+    can_manage,
+    confirm_page,
+    form_lists,
+    one,
+    refused,
+    settings_page,
+)
 from handlers import lead_types as commands
 from handlers import partners as partner_commands
 from handlers import users as user_commands
@@ -383,18 +390,15 @@ async def confirm_delete(lead_type_id: UUID, request: Request, signed: Signed) -
         )
     except LeadTypeNotFound:
         return RedirectResponse("/settings/lead-types", status_code=303)
-    return settings_page(
+    return confirm_page(
         request,
         signed,
-        "settings_confirm.html",
-        {
-            "question": f"Delete the lead type “{found.name}”? Its leads keep it but run no "
-            "more of its actions; if it is the default, new leads get no lead type.",
-            "action": f"/settings/lead-types/{lead_type_id}/delete",
-            "button": "Delete the lead type",
-            "cancel": f"/settings/lead-types/{lead_type_id}",
-            "heading": "Lead types",
-        },
+        heading="Lead types",
+        question=f"Delete the lead type “{found.name}”? Its leads keep it but run no "
+        "more of its actions; if it is the default, new leads get no lead type.",
+        action=f"/settings/lead-types/{lead_type_id}/delete",
+        button="Delete the lead type",
+        cancel=f"/settings/lead-types/{lead_type_id}",
     )
 
 

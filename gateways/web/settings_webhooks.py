@@ -15,7 +15,14 @@ from domain.mapping import InvalidFieldMapping
 from domain.payload_fields import Target
 from gateways.web.routes import csrf_guard
 from gateways.web.session import SignedIn, require_user, web_of
-from gateways.web.settings_common import can_manage, form_lists, one, refused, settings_page
+from gateways.web.settings_common import (
+    can_manage,
+    confirm_page,
+    form_lists,
+    one,
+    refused,
+    settings_page,
+)
 from handlers import inbound_webhooks as commands
 from handlers.inbound_webhooks import WebhookNotFound, WebhookView, WebhookWithKey
 
@@ -201,17 +208,14 @@ async def confirm(webhook_id: UUID, step: str, request: Request, signed: Signed)
         button = "Delete the webhook"
     else:
         return RedirectResponse(f"/settings/webhooks/{webhook_id}", status_code=303)
-    return settings_page(
+    return confirm_page(
         request,
         signed,
-        "settings_confirm.html",
-        {
-            "question": question,
-            "action": f"/settings/webhooks/{webhook_id}/{step}",
-            "button": button,
-            "cancel": f"/settings/webhooks/{webhook_id}",
-            "heading": "Inbound webhooks",
-        },
+        heading="Inbound webhooks",
+        question=question,
+        action=f"/settings/webhooks/{webhook_id}/{step}",
+        button=button,
+        cancel=f"/settings/webhooks/{webhook_id}",
     )
 
 

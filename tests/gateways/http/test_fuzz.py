@@ -199,5 +199,6 @@ def test_no_request_is_a_server_error(seeded: Seeded) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_no_request_is_a_server_error_at_length(seeded: Seeded) -> None:
     fuzz(seeded, 100)
