@@ -253,7 +253,7 @@ def funnel_of(pipeline: Pipeline, here: dict[UUID, int]) -> list[FunnelStage]:
     top = max((f.reached for f in funnel), default=0) or 1
     row = 34
     for i, f in enumerate(funnel):
-        w = (WIDTH - 200) * f.reached / top
+        w = (WIDTH - 270) * f.reached / top  # room after the bar for its label
         f.bar = Bar(190, i * row + 6, max(w, 1.5), row - 12, f.color, "")
     return funnel
 
@@ -294,7 +294,7 @@ def stage_times_of(pipeline: Pipeline, rows: list[Any]) -> list[StageTime]:
         for j, value in enumerate((t.median, t.p90)):
             if value is None:
                 continue
-            w = (WIDTH - 260) * value / longest
+            w = (WIDTH - 330) * value / longest  # room after the bar for its label
             label = "median" if j == 0 else "p90"
             t.bars.append(Bar(190, i * row + 6 + j * 14, max(w, 1.5), 12, t.color, label))
     return times
