@@ -46,11 +46,25 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """Add `amount` to counter `name` only if it stays at or below `ceiling` (None: no
+    ceiling; a negative amount gives places back). The limits of one append are taken
+    together or not at all, decided inside the append's transaction after every command
+    before it: a cap can never be overrun by a check-then-increment race."""
+
+    name: str
+    amount: int = 1
+    ceiling: int | None = None
+
+
+@dataclass(frozen=True)
 class Allocation:
-    """What the store decided inside the transaction: key holders and counter values."""
+    """What the store decided inside the transaction: key holders and counter values, and
+    which limits did not fit (`refused`; then none of the command's limits was taken)."""
 
     holders: Mapping[str, UUID] = field(default_factory=dict)
     counters: Mapping[str, int] = field(default_factory=dict)
+    refused: Sequence[str] = ()
 
     def holder(self, key: str) -> UUID:
         return self.holders[key]
@@ -85,6 +99,7 @@ class Append:
     claims: Sequence[Claim] = ()
     releases: Sequence[str] = ()
     counters: Sequence[str] = ()
+    limits: Sequence[Limit] = ()
     checkpoint: Checkpoint | None = None
     # A retried command (same key) writes nothing and returns `replayed` with the holder.
     idempotency: Claim | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, cast
 from uuid import UUID
 
@@ -16,7 +17,9 @@ _STORED = {STORED: True}
 
 
 def _uuid_subclass(value: Any) -> str:
-    if isinstance(value, UUID):
+    # orjson writes UUIDs itself but not the library's UUID subclasses, nor Decimals
+    # (money: kept exact as text; pydantic reads it back as a Decimal).
+    if isinstance(value, UUID | Decimal):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
 

@@ -41,6 +41,7 @@ class PostgresEventStore:
                 claims=append.claims,
                 releases=append.releases,
                 counters=append.counters,
+                limits=append.limits,
                 checkpoint=append.checkpoint,
                 idempotency=append.idempotency,
             )

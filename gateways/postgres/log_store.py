@@ -42,6 +42,7 @@ from handlers.ports import (
     Checkpoint,
     Claim,
     ConcurrencyConflict,
+    Limit,
     ReservationTaken,
     TrackingConflict,
 )
@@ -96,6 +97,7 @@ class RecordAppend:
     claims: Sequence[Claim] = ()
     releases: Sequence[str] = ()
     counters: Sequence[str] = ()
+    limits: Sequence[Limit] = ()
     checkpoint: Checkpoint | None = None
     idempotency: Claim | None = None
 
@@ -340,6 +342,7 @@ class PostgresLog:
             if request.idempotency:
                 keys.add(request.idempotency.key)
             counters.update(request.counters)
+            counters.update(limit.name for limit in request.limits)
             if request.checkpoint:
                 consumers.add(request.checkpoint.consumer)
         # One lookup per key, each through its index: with `= ANY($1)` a cached generic plan
@@ -686,7 +689,16 @@ def _decide_one(
     counter_values: dict[str, int] = {}
     for name in request.counters:
         counter_values[name] = counter_values.get(name, state.counters.get(name, 0)) + 1
-    allocation = Allocation(allocation_holders, counter_values)
+    limited: dict[str, int] = {}
+    refused: list[str] = []
+    for limit in request.limits:
+        value = limited.get(limit.name, state.counters.get(limit.name, 0)) + limit.amount
+        if limit.ceiling is not None and limit.amount > 0 and value > limit.ceiling:
+            refused.append(limit.name)
+        limited[limit.name] = value
+    if not refused:
+        counter_values.update(limited)
+    allocation = Allocation(allocation_holders, counter_values, tuple(refused))
     records = list(request.records)
     if request.build is not None:
         records.extend(request.build(allocation))
