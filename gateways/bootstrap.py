@@ -20,6 +20,8 @@ from gateways.settings import Settings
 from handlers.intake import LeadIntake
 from handlers.workspaces import Authenticator
 from projections.base import Projection
+from projections.campaign_stats import CampaignStats
+from projections.campaigns import CampaignsView
 from projections.dashboard import DashboardStats
 from projections.deliveries import DeliveriesView
 from projections.lead_timers import LeadTimers
@@ -43,6 +45,8 @@ PROJECTIONS: tuple[Projection, ...] = (
     WebhookStats(),
     DeliveriesView(),
     DashboardStats(),
+    CampaignsView(),
+    CampaignStats(),
 )
 
 

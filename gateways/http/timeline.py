@@ -1,11 +1,10 @@
-"""Routes for a lead's timeline and submissions (`/v1/leads/{id}/timeline`, `/v1/submissions`)."""
+"""Routes for a lead's timeline (`/v1/leads/{id}/timeline`) and the helpers view reads share."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 from uuid import UUID
 
-import asyncpg
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -18,10 +17,10 @@ from gateways.http.errors import ApiError
 from gateways.http.query import StrictQuery
 from gateways.http.views import MAX_WAIT, After
 from handlers.workspaces import Principal
-from projections.submissions import SubmissionsView
 from projections.timeline import (
     ACTION,
     LEAD,
+    SUBMISSION,
     WEBHOOK,
     LeadTimeline,
     Names,
@@ -37,8 +36,14 @@ Page = Annotated[int, Query(ge=1, le=100_000)]
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 TIMELINE = LeadTimeline.name
-SUBMISSIONS = SubmissionsView.name
-_INCLUDE = {"action": ACTION, "actions": ACTION, "webhook": WEBHOOK, "webhooks": WEBHOOK}
+_INCLUDE = {
+    "action": ACTION,
+    "actions": ACTION,
+    "webhook": WEBHOOK,
+    "webhooks": WEBHOOK,
+    "submission": SUBMISSION,
+    "submissions": SUBMISSION,
+}
 
 
 async def await_view(request: Request, name: str, after: int | None) -> None:
@@ -88,22 +93,6 @@ def categories(include: str | None) -> list[str]:
             )
         shown.add(_INCLUDE[key])
     return sorted(shown)
-
-
-def submission_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]),
-        "leadId": str(row["lead_id"]),
-        "campaignId": str(row["campaign_id"]),
-        "source": row["source"],
-        "status": row["status"],
-        "snapshot": _json(row["snapshot"]),
-        "createdAt": row["created_at"].isoformat(),
-        "updatedAt": row["updated_at"].isoformat(),
-    }
-
-
-_SUBMISSION_COLUMNS = "id, lead_id, campaign_id, source, status, snapshot, created_at, updated_at"
 
 
 @router.get("/leads/{lead_id}/timeline", dependencies=[StrictQuery])
@@ -161,65 +150,3 @@ async def lead_timeline(
         for row, changes in entries
     ]
     return {"items": items, "total": int(total), "page": page, "limit": limit}
-
-
-@router.get("/leads/{lead_id}/submissions", dependencies=[StrictQuery])
-async def lead_submissions(
-    lead_id: UUID, request: Request, caller: Viewer, after: After = None
-) -> dict[str, Any]:
-    """The lead's submissions to campaigns, newest first, with the snapshot each was sent."""
-    workspace_id = workspace_of(caller, request)
-    engine = engine_of(request)
-    await lead_in_workspace(engine, lead_id, workspace_id)
-    await await_view(request, SUBMISSIONS, after)
-    table = table_of(engine, SUBMISSIONS, "submissions")
-    async with engine.pool.acquire() as conn:
-        rows = await conn.fetch(
-            f"""SELECT {_SUBMISSION_COLUMNS} FROM {table}
-                 WHERE lead_id = $1 AND workspace_id = $2
-                 ORDER BY created_at DESC, id DESC""",
-            lead_id,
-            workspace_id,
-        )
-    return {"items": [submission_json(r) for r in rows], "total": len(rows)}
-
-
-@router.get("/submissions", dependencies=[StrictQuery])
-async def list_submissions(
-    request: Request,
-    caller: Viewer,
-    campaign_id: Annotated[UUID | None, Query(alias="campaignId")] = None,
-    status: Annotated[str | None, Query(max_length=100)] = None,
-    lead_id: Annotated[UUID | None, Query(alias="leadId")] = None,
-    page: Page = 1,
-    limit: Limit = 50,
-    after: After = None,
-) -> dict[str, Any]:
-    """The workspace's submissions, newest first, by campaign and status."""
-    workspace_id = workspace_of(caller, request)
-    engine = engine_of(request)
-    await await_view(request, SUBMISSIONS, after)
-    table = table_of(engine, SUBMISSIONS, "submissions")
-    args: list[Any] = [workspace_id]
-    conditions = ["workspace_id = $1"]
-    for column, value in (("campaign_id", campaign_id), ("status", status), ("lead_id", lead_id)):
-        if value is not None:
-            args.append(value)
-            conditions.append(f"{column} = ${len(args)}")
-    where = " AND ".join(conditions)
-    async with engine.pool.acquire() as conn:
-        total = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE {where}", *args)
-        rows = await conn.fetch(
-            f"""SELECT {_SUBMISSION_COLUMNS} FROM {table} WHERE {where}
-                 ORDER BY created_at DESC, id DESC
-                 LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}""",
-            *args,
-            limit,
-            (page - 1) * limit,
-        )
-    return {
-        "items": [submission_json(r) for r in rows],
-        "total": int(total),
-        "page": page,
-        "limit": limit,
-    }

@@ -98,6 +98,20 @@ def seed(engine: EngineProcess) -> Seeded:
         converted = _created(http.post("/v1/leads", json={"name": "Bo"}, headers=admin))
         contact = _created(http.post(f"/v1/leads/{converted['id']}/convert", headers=admin))
         pipelines = _created(http.get("/v1/lead-pipelines", headers=admin))
+        campaign = _created(
+            http.post(
+                "/v1/campaigns",
+                json={"name": "C", "endpoints": [{"url": "http://127.0.0.1:9/"}]},
+                headers=admin,
+            )
+        )
+        submitted = _created(
+            http.post(
+                "/api/v1/leads/submit",
+                json={"campaignId": campaign["id"], "lead": {"name": "Cy"}},
+                headers=admin,
+            )
+        )
         deliveries: list[dict[str, Any]] = []
         deadline = time.monotonic() + 20
         while not deliveries and time.monotonic() < deadline:
@@ -120,6 +134,8 @@ def seed(engine: EngineProcess) -> Seeded:
         "lead": lead["id"],
         "contact_id": contact["contactId"],
         "pipeline_id": pipelines["items"][0]["id"],
+        "campaign_id": campaign["id"],
+        "submission_id": submitted["submissionId"],
     }
     if deliveries:
         ids["delivery_id"] = deliveries[0]["id"]

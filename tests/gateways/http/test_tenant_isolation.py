@@ -140,8 +140,25 @@ async def tenant(client: httpx.AsyncClient, name: str, hook: str) -> dict[str, A
     await client.post(f"/v1/leads/{lead['id']}/notes", json={"value": "a note"}, headers=h)
     await client.post(f"/v1/leads/{lead['id']}/refer", json={"partnerId": partner["id"]}, headers=h)
     converted = await client.post(f"/v1/leads/{other_lead['id']}/convert", headers=h)
-    # A campaign is a label the workspace picks (no object of its own), so it is no secret.
-    campaign = str(uuid.uuid4())
+    campaign = (
+        await ok(
+            await client.post(
+                "/v1/campaigns",
+                json={
+                    "name": f"{name} campaign {marker(name)}",
+                    "endpoints": [{"url": hook, "buyerPartnerId": partner["id"]}],
+                },
+                headers=h,
+            )
+        )
+    )["id"]
+    await ok(
+        await client.put(
+            "/v1/routing-rules",
+            json={"rules": [{"name": "All", "campaignIds": [campaign]}]},
+            headers=h,
+        )
+    )
     submitted = await client.post(
         "/api/v1/leads/submit",
         json={"campaignId": campaign, "lead": {"name": f"{name} submitted"}},
@@ -296,6 +313,12 @@ def crafted(method: str, path: str, a: dict[str, str], b: dict[str, Any]) -> lis
         },
     ]
     stages = [{"id": s["id"], "name": s["name"]} for s in b["pipeline"]["stages"]]
+    endpoint = {"url": "https://b.example/x"}
+    campaigns = [
+        {"name": "X", "endpoints": [endpoint], "fallbackCampaignIds": [a["campaign"]]},
+        {"name": "X", "endpoints": [endpoint], "buyerPartnerId": a["partner"]},
+        {"name": "X", "endpoints": [{**endpoint, "buyerPartnerId": a["partner"]}]},
+    ]
     table: dict[tuple[str, str], list[Any]] = {
         ("POST", "/v1/leads"): [
             {"name": "n", "assignedTo": a["user"]},
@@ -326,6 +349,13 @@ def crafted(method: str, path: str, a: dict[str, str], b: dict[str, Any]) -> lis
         ("PATCH", "/v1/lead-forms/{form_id}"): [{"campaignId": a["campaign"]}],
         ("POST", "/v1/leads/{lead_id}/returns"): [{"reason": "r", "partnerId": a["partner"]}],
         ("POST", "/v1/partners/{partner_id}/tokens"): [{"name": "x"}],
+        ("POST", "/v1/campaigns"): campaigns,
+        ("PUT", "/v1/campaigns/{campaign_id}"): campaigns,
+        ("PATCH", "/v1/campaigns/{campaign_id}"): campaigns,
+        ("PUT", "/v1/routing-rules"): [
+            {"rules": [{"name": "x", "campaignIds": [a["campaign"]]}]},
+            {"rules": [{"name": "x", "campaignIds": [b["ids"]["campaign"], a["campaign"]]}]},
+        ],
         ("POST", "/v1/workspaces/{workspace_id}/tokens"): [
             {"role": "super_admin"},
             {"role": "partner", "partnerId": a["partner"]},
@@ -335,8 +365,7 @@ def crafted(method: str, path: str, a: dict[str, str], b: dict[str, Any]) -> lis
 
 
 def leaked(text: str, a: dict[str, Any]) -> list[str]:
-    ids = [v for k, v in a["ids"].items() if k != "campaign"]
-    markers = [*ids, *a["lead_ids"], *a["secrets"], marker(a["name"])]
+    markers = [*a["ids"].values(), *a["lead_ids"], *a["secrets"], marker(a["name"])]
     return sorted({m for m in markers if m and m in text})
 
 
@@ -382,18 +411,23 @@ def scrub(value: Any) -> Any:
     return value
 
 
+RUNNING = ("pending", "processing", "qualified", "delivered")
+
+
 async def settled(client: httpx.AsyncClient, who: dict[str, Any]) -> None:
-    """A's webhook deliveries done (they change A's reads while they run)."""
+    """A's webhook deliveries and submissions done (they change A's reads while they run)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while loop.time() < deadline:
         listed = await client.get("/v1/deliveries", headers=who["h"])
         items = listed.json().get("items", []) if listed.is_success else []
-        if items and all(i.get("state") != "pending" for i in items):
+        submissions = await client.get("/v1/submissions", headers=who["h"])
+        running = [s for s in submissions.json().get("items", []) if s.get("status") in RUNNING]
+        if items and all(i.get("state") != "pending" for i in items) and not running:
             who["ids"]["delivery"] = items[0]["id"]
             return
         await asyncio.sleep(0.1)
-    raise AssertionError("A's deliveries did not settle")
+    raise AssertionError("A's deliveries and submissions did not settle")
 
 
 async def test_workspace_b_never_reaches_workspace_a(
