@@ -41,6 +41,7 @@ class Reason(StrEnum):
     VALIDATION_FAILED = "validation_failed"
     NAME_REQUIRED = "name_required"
     UNKNOWN_CUSTOMER = "unknown_customer"
+    UNKNOWN_CAMPAIGN = "unknown_campaign"
     # Transient failures that outlasted every retry: the message itself may be fine.
     RETRIES_EXHAUSTED = "retries_exhausted"
     MAX_DELIVERIES = "max_deliveries"

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     webhook_retry_cap_seconds: float = Field(default=3600.0, gt=0)
     # Attempts (webhooks and emails) in flight at once per process.
     delivery_concurrency: int = Field(default=128, ge=1, le=4096)
+    # Submissions run through campaigns at once per worker process, and how often the
+    # worker looks for ones left unfinished (a restart, a lost wake-up, a due time limit).
+    submission_concurrency: int = Field(default=64, ge=1, le=4096)
+    submission_poll_interval: float = Field(default=2.0, gt=0)
     # Email actions: with no host, an email delivery fails with that reason.
     smtp_host: str | None = None
     smtp_port: int = Field(default=25, ge=1, le=65535)

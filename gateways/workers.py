@@ -13,6 +13,7 @@ from gateways.consumers.upgrade import UpgradeRebuilds
 from gateways.nats.intake import NatsIntake
 from gateways.nats.relay import NatsRelay
 from gateways.outbound.deliveries import delivery_worker
+from gateways.outbound.submission_worker import SubmissionWorker
 from handlers.actions import ActionRunner
 from handlers.customers import ReleasePendingLeads
 
@@ -35,6 +36,7 @@ def build_workers(engine: Engine) -> list[Worker]:
         ActionWorkers(engine.log, engine.store, ActionRunner(engine.store)),
         AbandonmentTimers(engine.projector, engine.store, interval=engine.settings.timer_interval),
         delivery_worker(engine),
+        SubmissionWorker(engine),
         NatsIntake(engine),
         NatsRelay(engine),
     ]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
+from domain.campaigns import Campaign, UnknownCampaign
 from domain.forms import FormReading, FormSettings, LeadForm
 from domain.leads import LeadDetails, Source
 from handlers.intake import Intake, LeadIntake, Receipt
@@ -41,6 +42,7 @@ async def create_form(
     settings: FormSettings,
     generate: Callable[[], str] = new_form_key,
 ) -> tuple[LeadForm, int]:
+    await _check_campaign(store, workspace_id, settings.campaign_id)
     form_key = generate()
     form = LeadForm(workspace_id=workspace_id, form_key=form_key, settings=settings)
     appended = await store.append(
@@ -51,6 +53,15 @@ async def create_form(
         )
     )
     return form, appended.position
+
+
+async def _check_campaign(store: EventStore, workspace_id: UUID, campaign_id: UUID | None) -> None:
+    """A form's leads go to its campaign: it must be one of the workspace's."""
+    if campaign_id is None:
+        return
+    campaign = await store.load(Campaign, campaign_id)
+    if campaign is None or campaign.deleted or campaign.workspace_id != workspace_id:
+        raise UnknownCampaign(f"campaign {campaign_id} does not exist in this workspace")
 
 
 async def get_form(store: EventStore, workspace_id: UUID, form_id: UUID) -> LeadForm:
@@ -69,6 +80,8 @@ async def update_form(
     settings = FormSettings.model_validate({**form.settings.model_dump(), **changes})
     if settings == form.settings:
         return form, 0
+    if settings.campaign_id != form.settings.campaign_id:
+        await _check_campaign(store, workspace_id, settings.campaign_id)
     form.update(settings)
     appended = await store.append(Append(workspace_id, events=form.collect_events()))
     return form, appended.position

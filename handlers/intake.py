@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from domain.base import DomainEvent
+from domain.campaigns import Campaign, UnknownCampaign
 from domain.customers import Customer
+from domain.lead_context import lead_context
 from domain.leads import (
     Lead,
     LeadDetails,
@@ -23,7 +25,15 @@ from domain.leads import (
 )
 from domain.normalize import normalise_email, normalise_phone
 from domain.pipelines import Pipeline
-from domain.submissions import Submission
+from domain.routing import (
+    RoutingDecision,
+    RoutingRules,
+    choose,
+    needs_turn,
+    round_robin_counter,
+    routing_rules_id,
+)
+from domain.submissions import Origin, Submission
 from domain.workspaces import Workspace
 from handlers.ports import Allocation, Append, Claim, EventStore
 from handlers.workspaces import WorkspaceNotFound
@@ -31,6 +41,31 @@ from handlers.workspaces import WorkspaceNotFound
 
 class UnknownCustomer(LookupError):
     """The lead names a customer this workspace does not know."""
+
+
+# Channels whose leads go through their campaign at once; imported leads wait for a user
+# to submit them (`POST /v1/leads/bulk-action` `submit`).
+PROCESSED_AT_ONCE = {
+    Source.API: Origin.API,
+    Source.MANUAL: Origin.MANUAL,
+    Source.WEBHOOK: Origin.WEBHOOK,
+    Source.FORM: Origin.FORM,
+    Source.NATS: Origin.NATS,
+}
+
+
+class NoRoute(LookupError):
+    """A lead without a campaign for which no routing rule picks one."""
+
+
+@dataclass(frozen=True)
+class CampaignFacts:
+    """What intake needs of a campaign: whether it may be named, and its dedup scope."""
+
+    workspace_id: UUID
+    usable: bool
+    active: bool
+    dedup_workspace: bool
 
 
 @dataclass(frozen=True)
@@ -45,6 +80,8 @@ class Intake:
     channel: str | None = None
     fallback_name: str | None = None
     idempotency_key: str | None = None
+    # Without a campaign, let the workspace's routing rules pick one (the submit API).
+    route: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +125,66 @@ class LeadIntake:
         self.store = store
         self._settings: dict[UUID, tuple[Placement, float]] = {}
         self._loading: dict[UUID, asyncio.Future[Placement]] = {}
+        self._campaigns: dict[UUID, tuple[CampaignFacts | None, float]] = {}
+        self._routing: dict[UUID, tuple[RoutingRules | None, float]] = {}
+
+    async def campaign(self, campaign_id: UUID) -> CampaignFacts | None:
+        """The campaign's facts, remembered for `SETTINGS_TTL` like the workspace's."""
+        cached = self._campaigns.get(campaign_id)
+        if cached and time.monotonic() - cached[1] < self.SETTINGS_TTL:
+            return cached[0]
+        now = time.monotonic()
+        found = await self.store.load(Campaign, campaign_id)
+        facts = (
+            None
+            if found is None
+            else CampaignFacts(
+                found.workspace_id,
+                not found.deleted,
+                found.config.active,
+                found.config.dedup_scope == "workspace",
+            )
+        )
+        self._campaigns[campaign_id] = (facts, now)
+        return facts
+
+    async def routing_rules(self, workspace_id: UUID) -> RoutingRules | None:
+        cached = self._routing.get(workspace_id)
+        if cached and time.monotonic() - cached[1] < self.SETTINGS_TTL:
+            return cached[0]
+        now = time.monotonic()
+        found = await self.store.load(RoutingRules, routing_rules_id(workspace_id))
+        self._routing[workspace_id] = (found, now)
+        return found
+
+    async def _route(
+        self, intake: Intake, details: LeadDetails
+    ) -> tuple[RoutingRules | None, str | None, dict[UUID, bool]]:
+        """The workspace's rules, the counter a round-robin rule needs, and which of the
+        rules' campaigns may be chosen."""
+        rules = await self.routing_rules(intake.workspace_id)
+        if rules is None or not rules.config.rules:
+            raise NoRoute("name a campaignId: the workspace has no routing rules")
+        usable: dict[UUID, bool] = {}
+        for rule in rules.config.rules:
+            for campaign_id in rule.campaign_ids:
+                if campaign_id not in usable:
+                    facts = await self.campaign(campaign_id)
+                    usable[campaign_id] = bool(
+                        facts
+                        and facts.usable
+                        and facts.active
+                        and facts.workspace_id == intake.workspace_id
+                    )
+        context = lead_context(details.model_dump(mode="json", by_alias=True), source=intake.source)
+        probe = choose(
+            rules.config, context, turn=0, lead_id=uuid.uuid4(), usable=lambda c: usable[c]
+        )
+        if probe is None:
+            raise NoRoute("no routing rule matches the lead (or its campaigns are paused)")
+        rule_id = needs_turn(rules.config, context)
+        counter = round_robin_counter(intake.workspace_id, rule_id) if rule_id else None
+        return rules, counter, usable
 
     async def placement(self, workspace_id: UUID) -> Placement:
         """The workspace's phone region and where its new leads land."""
@@ -152,7 +249,20 @@ class LeadIntake:
             customer_active = customer.active
         status, invite = initial_status(intake.source, customer_active)
         lead_id = uuid.uuid4()
-        keys = dedup_keys(dedup_scope(intake.workspace_id, details.campaign_id), email, phone)
+        scope_campaign = details.campaign_id
+        origin = PROCESSED_AT_ONCE.get(intake.source)
+        if details.campaign_id is not None and origin is not None:
+            facts = await self.campaign(details.campaign_id)
+            if facts is None or not facts.usable or facts.workspace_id != intake.workspace_id:
+                raise UnknownCampaign(f"campaign {details.campaign_id} does not exist")
+            if facts.dedup_workspace:
+                scope_campaign = None
+        rules: RoutingRules | None = None
+        turn_counter: str | None = None
+        usable: dict[UUID, bool] = {}
+        if details.campaign_id is None and intake.route:
+            rules, turn_counter, usable = await self._route(intake, details)
+        keys = dedup_keys(dedup_scope(intake.workspace_id, scope_campaign), email, phone)
         counter = request_counter(intake.workspace_id)
         submission_ids: list[UUID] = []
 
@@ -184,13 +294,31 @@ class LeadIntake:
                 lead.request_invitation(details.customer_id)
             events = list(lead.collect_events())
             submission_ids.clear()
-            if details.campaign_id is not None:
+            campaign_id = details.campaign_id
+            decision: RoutingDecision | None = None
+            if campaign_id is None and rules is not None:
+                decision = choose(
+                    rules.config,
+                    lead_context(
+                        details.model_dump(mode="json", by_alias=True), source=intake.source
+                    ),
+                    turn=allocation.counter(turn_counter) - 1 if turn_counter else 0,
+                    lead_id=lead_id,
+                    usable=lambda cid: usable.get(cid, False),
+                )
+                campaign_id = decision.campaign_id if decision else None
+            if campaign_id is not None and origin is not None:
+                snapshot = details.model_dump(mode="json", by_alias=True)
+                snapshot["name"] = name
                 submission = Submission(
                     workspace_id=intake.workspace_id,
                     lead_id=lead_id,
-                    campaign_id=details.campaign_id,
+                    campaign_id=campaign_id,
                     source=intake.source,
-                    snapshot=details.model_dump(mode="json", by_alias=True),
+                    snapshot=snapshot,
+                    origin=Origin.ROUTED if decision else origin,
+                    actor=intake.actor,
+                    routing=decision.json() if decision else None,
                 )
                 submission_ids.append(submission.id)
                 events.extend(submission.collect_events())
@@ -201,7 +329,7 @@ class LeadIntake:
                 intake.workspace_id,
                 build=build,
                 claims=[Claim(key, lead_id) for key in keys],
-                counters=[counter],
+                counters=[counter, turn_counter] if turn_counter else [counter],
                 idempotency=(
                     idempotency_claim(intake.workspace_id, intake.idempotency_key, lead_id)
                     if intake.idempotency_key
@@ -262,4 +390,12 @@ async def activate_customer(store: EventStore, workspace_id: UUID, customer_id: 
     return appended.position
 
 
-__all__ = ["Intake", "LeadIntake", "Receipt", "Status", "UnknownCustomer"]
+__all__ = [
+    "Intake",
+    "LeadIntake",
+    "NoRoute",
+    "Receipt",
+    "Status",
+    "UnknownCampaign",
+    "UnknownCustomer",
+]

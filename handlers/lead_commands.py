@@ -528,6 +528,8 @@ class BulkAction(StrEnum):
     ASSIGN = "assign"
     DELETE = "delete"
     TAG = "tag"
+    # Send each lead to a campaign (`campaignId`): see `handlers.submission_commands`.
+    SUBMIT = "submit"
 
 
 @dataclass(frozen=True)
@@ -565,6 +567,8 @@ async def bulk(
     """Apply `action` to each lead on its own (one lead's refusal does not stop the rest) and
     report per lead, in the order given. Each lead is its own aggregate, so there is no
     all-or-nothing across leads; concurrent per-lead appends share group commits."""
+    if action is BulkAction.SUBMIT:
+        raise InvalidTransition("submit is `handlers.submission_commands.submit_many`")
     if action is BulkAction.MOVE_STAGE and stage_id is None:
         raise InvalidTransition("move_stage needs a stageId")
     if action is BulkAction.MOVE_PIPELINE:

@@ -33,14 +33,15 @@ from uuid import UUID
 from domain.base import DomainEvent, LoggedEvent, snake
 from domain.deliveries import Delivery, DeliveryKind, Outcome
 from domain.leads import Lead, Source
-from domain.submissions import Submission
+from domain.submissions import Submission, journey_entry
 from projections.base import Projection, ProjectionDb, Tables
 
 LEAD = "lead"
 ACTION = "action"
 WEBHOOK = "webhook"
-CATEGORIES = (LEAD, ACTION, WEBHOOK)
-HIDDEN_BY_DEFAULT = frozenset({ACTION, WEBHOOK})
+SUBMISSION = "submission"
+CATEGORIES = (LEAD, ACTION, WEBHOOK, SUBMISSION)
+HIDDEN_BY_DEFAULT = frozenset({ACTION, WEBHOOK, SUBMISSION})
 
 SUBMISSION_CREATED = "submission.created"
 DELIVERY_EVENTS = (Delivery.Scheduled, Delivery.Attempted, Delivery.RedeliveryRequested)
@@ -100,7 +101,7 @@ def lead_of(logged: LoggedEvent) -> UUID | None:
     """The lead an event belongs to: its aggregate for `lead.*`, `lead_id` for a submission
     or a delivery."""
     event = logged.event
-    if isinstance(event, Submission.Created):
+    if isinstance(event, Submission.Created | Submission.Step):
         return event.lead_id
     if isinstance(event, DELIVERY_EVENTS):
         return event.lead_id
@@ -315,9 +316,30 @@ def describe(
                 change("status", None, event.status),
             ],
         )
+    if isinstance(event, Submission.Step):
+        return _submission_step(event)
     if isinstance(event, DELIVERY_EVENTS):
         return _delivery(logged.event_type, event)
     return _generic(logged)
+
+
+def _submission_step(event: Submission.Step) -> Entry:
+    """`Submission 1f…: delivery rejected (buyer said: no coverage)`: one pipeline step."""
+    entry = journey_entry(event, event.timestamp)
+    words = f"{entry['step'].replace('_', ' ')} {entry.get('outcome', '')}".strip()
+    reason = entry.get("reason")
+    summary = f"Submission {event.originator_id}: {words}"
+    if reason:
+        summary += f" ({reason})"
+    changes = [change("submissionId", None, event.originator_id)]
+    if event.status:
+        changes.append(change("status", None, event.status))
+    return Entry(
+        actor=str(getattr(event, "actor", None) or "system:campaigns"),
+        summary=literal(summary),
+        changes=changes,
+        category=SUBMISSION,
+    )
 
 
 def _delivery_label(kind: DeliveryKind, event_code: str | None, target: str | None) -> str:
@@ -464,9 +486,9 @@ def render_changes(changes: Iterable[Mapping[str, Any]], names: Names) -> list[d
 
 class LeadTimeline(Projection):
     name = "timeline"
-    version = 1
+    version = 2
     table_names = ("timeline_entries", "timeline_leads")
-    event_types = event_types_of(Lead) | {SUBMISSION_CREATED} | event_types_of(Delivery)
+    event_types = event_types_of(Lead) | event_types_of(Submission) | event_types_of(Delivery)
 
     def create_sql(self, tables: Tables) -> str:
         entries = tables["timeline_entries"]

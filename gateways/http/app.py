@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateways.bootstrap import Engine, check_nats, check_postgres
 from gateways.http import (
+    campaigns,
     deliveries,
     forms,
     history,
@@ -19,6 +20,8 @@ from gateways.http import (
     leads,
     partners,
     pipelines,
+    submission_commands,
+    submissions,
     submit,
     timeline,
     users,
@@ -53,6 +56,9 @@ def create_app(engine: Engine) -> FastAPI:
     app.include_router(users.router)
     app.include_router(pipelines.router)
     app.include_router(timeline.router)
+    app.include_router(submissions.router)
+    app.include_router(submission_commands.router)
+    app.include_router(campaigns.router)
     app.include_router(history.router)
     app.include_router(inbound_webhooks.router)
     app.include_router(submit.router)

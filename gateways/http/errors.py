@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from domain.campaigns import UnknownCampaign
 from domain.workspaces import InvalidName
 from gateways.postgres.errors import (
     RETRY_AFTER_SECONDS,
@@ -114,6 +115,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidName)
     async def invalid_name(_: Request, error: InvalidName) -> JsonResponse:
         return error_response(422, "validation_failed", str(error))
+
+    @app.exception_handler(UnknownCampaign)
+    async def unknown_campaign(_: Request, error: UnknownCampaign) -> JsonResponse:
+        return error_response(422, "unknown_campaign", str(error))
 
     @app.exception_handler(WorkspaceNotFound)
     @app.exception_handler(TokenNotFound)

@@ -36,6 +36,7 @@ from handlers.lead_commands import (
     UnknownPipeline,
 )
 from handlers.payloads import is_json
+from handlers.submission_commands import submit_many
 from handlers.users import UnknownUser
 from handlers.workspaces import Principal
 
@@ -100,6 +101,7 @@ class BulkBody(Body):
     assigned_to: str | None = Field(default=None, min_length=1, max_length=200)
     add_tags: list[str] = Field(default_factory=list, max_length=100)
     remove_tags: list[str] = Field(default_factory=list, max_length=100)
+    campaign_id: UUID | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -272,6 +274,8 @@ async def bulk_action(body: BulkBody, request: Request, caller: Manager) -> dict
     unknown pipeline, or a stage not of it, refuses the whole request."""
     ws = workspace_of(caller, request)
     store = engine_of(request).store
+    if body.action is BulkAction.SUBMIT:
+        return await _bulk_submit(body, ws, store, actor_of(caller))
     try:
         results = await commands.bulk(
             store,
@@ -297,6 +301,21 @@ async def bulk_action(body: BulkBody, request: Request, caller: Manager) -> dict
         "failed": sum(not r.ok for r in results),
         "results": [r.json() for r in results],
         "position": max((r.position for r in results), default=0),
+    }
+
+
+async def _bulk_submit(body: BulkBody, ws: UUID, store: Any, actor: str) -> dict[str, Any]:
+    """`submit`: each lead gets a new submission to `campaignId` (origin `bulk`), processed
+    at once; imported leads wait for this."""
+    if body.campaign_id is None:
+        raise ApiError(422, "validation_failed", "submit needs a campaignId")
+    submitted = await submit_many(store, ws, body.lead_ids, body.campaign_id, actor)
+    return {
+        "action": body.action,
+        "succeeded": sum(s.ok for s in submitted),
+        "failed": sum(not s.ok for s in submitted),
+        "results": [{"id": str(s.lead_id), **s.json()} for s in submitted],
+        "position": max((s.position for s in submitted), default=0),
     }
 
 

@@ -20,6 +20,7 @@ from domain.leads import Lead, LeadDetails, MissingName, ReturnStatus, Source
 from domain.normalize import phone_search_keys
 from domain.partners import referred_to
 from domain.workspaces import Permission
+from gateways.bootstrap import Engine
 from gateways.consumers.read_models import LeadFilter
 from gateways.http.auth import actor_of, engine_of, lead_reader, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
@@ -58,6 +59,8 @@ PARTNER_PARAMETERS = frozenset(
 """The list's query parameters a partner token may use: the rest filter on what a referral
 does not share."""
 PARTNER_SORTS = frozenset({"createdAt", "name", "requestId"})
+# Submissions that send a lead on after its first campaign (by hand, or a fallback).
+REPOST_ORIGINS = frozenset({"repost", "fallback"})
 
 
 def parse_details(data: dict[str, Any]) -> LeadDetails:
@@ -279,7 +282,28 @@ async def get_lead(lead_id: UUID, request: Request, caller: Reader) -> dict[str,
             raise ApiError(404, "not_found", f"lead {lead_id} does not exist")
         return partner_lead_json(lead)
     activity = await lead_timeline(lead_id, request, caller, page=1, limit=10)
-    return {**lead_json(lead), "recentActivity": activity["items"]}
+    return {
+        **lead_json(lead),
+        **await submissions_of(engine_of(request), lead_id),
+        "recentActivity": activity["items"],
+    }
+
+
+async def submissions_of(engine: Engine, lead_id: UUID) -> dict[str, Any]:
+    """Where the lead was sent: the campaigns it was reposted to (by hand, in bulk or by a
+    fallback), in order, and its latest submission's status (from the submissions view)."""
+    async with engine.pool.acquire() as conn:
+        rows = await conn.fetch(
+            """SELECT id, campaign_id, status, origin FROM submissions
+                WHERE lead_id = $1 ORDER BY created_at, id""",
+            lead_id,
+        )
+    latest = rows[-1] if rows else None
+    return {
+        "repostedTo": [str(row["campaign_id"]) for row in rows if row["origin"] in REPOST_ORIGINS],
+        "submissionId": str(latest["id"]) if latest else None,
+        "submissionStatus": latest["status"] if latest else None,
+    }
 
 
 class RegisterCustomer(BaseModel):

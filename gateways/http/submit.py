@@ -16,7 +16,7 @@ from gateways.http.errors import ApiError, JsonResponse
 from gateways.http.lead_json import receipt_json
 from gateways.http.leads import parse_details
 from gateways.http.payloads import idempotency_key, parse_json_object
-from handlers.intake import Intake, UnknownCustomer
+from handlers.intake import Intake, NoRoute, UnknownCustomer
 from handlers.payloads import is_json
 from handlers.ports import EventStore
 from handlers.workspaces import Principal
@@ -27,16 +27,17 @@ Manager = Annotated[Principal, Depends(requires(Permission.LEADS_MANAGE))]
 
 
 def split_body(data: dict[str, Any]) -> dict[str, Any]:
-    """The lead's fields, campaign included, from `{campaignId, lead: {...}}` or the flat form."""
+    """The lead's fields, campaign included, from `{campaignId, lead: {...}}` or the flat form.
+    Without a campaignId the workspace's routing rules pick the campaign."""
     raw = data.get("campaignId")
-    if raw is None:
-        raise ApiError(422, "campaign_required", "campaignId is required")
-    if not isinstance(raw, str):
-        raise ApiError(422, "validation_failed", "campaignId must be a UUID string")
-    try:
-        campaign_id = UUID(raw)
-    except ValueError:
-        raise ApiError(422, "validation_failed", "campaignId is not a UUID") from None
+    campaign_id: UUID | None = None
+    if raw is not None:
+        if not isinstance(raw, str):
+            raise ApiError(422, "validation_failed", "campaignId must be a UUID string")
+        try:
+            campaign_id = UUID(raw)
+        except ValueError:
+            raise ApiError(422, "validation_failed", "campaignId is not a UUID") from None
     rest = {k: v for k, v in data.items() if k != "campaignId"}
     if "lead" in rest:
         lead = rest.pop("lead")
@@ -52,6 +53,8 @@ def split_body(data: dict[str, Any]) -> dict[str, Any]:
     else:
         lead = rest
     inner = lead.get("campaignId", lead.get("campaign_id"))
+    if campaign_id is None:
+        return dict(lead)
     if inner is not None and str(inner) != str(campaign_id):
         raise ApiError(422, "validation_failed", "the lead names another campaign than campaignId")
     lead = {k: v for k, v in lead.items() if k not in {"campaignId", "campaign_id"}}
@@ -87,6 +90,7 @@ async def submit_lead(request: Request, caller: Manager) -> JsonResponse:
         actor=actor_of(caller),
         channel=f"api:{caller.token_id or 'operator'}",
         idempotency_key=key,
+        route=True,
     )
     engine = engine_of(request)
     try:
@@ -95,7 +99,10 @@ async def submit_lead(request: Request, caller: Manager) -> JsonResponse:
         raise ApiError(422, "name_required", str(error)) from None
     except UnknownCustomer as error:
         raise ApiError(422, "unknown_customer", str(error)) from None
+    except NoRoute as error:
+        raise ApiError(422, "campaign_required", str(error)) from None
     if receipt.replayed and receipt.submission_id is None:
         found = await submission_of(engine.store, receipt.lead_id, receipt.position)
         receipt = replace(receipt, submission_id=found)
-    return JsonResponse(receipt_json(receipt), status_code=201)
+    body = receipt_json(receipt)
+    return JsonResponse({**body, "leadId": body["id"]}, status_code=201)

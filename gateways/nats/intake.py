@@ -26,7 +26,7 @@ from domain.leads import LeadDetails, MissingName, Source
 from gateways.bootstrap import Engine
 from gateways.postgres.errors import after_failure, describe
 from handlers.dead_letters import Letter, record_dead_letter
-from handlers.intake import Intake, UnknownCustomer, idempotency_claim
+from handlers.intake import Intake, UnknownCampaign, UnknownCustomer, idempotency_claim
 from handlers.payloads import BodyRefused, is_json, parse_json_object
 from handlers.workspaces import WorkspaceNotFound
 
@@ -423,6 +423,8 @@ class NatsIntake:
                 raise Rejected(Reason.NAME_REQUIRED, str(error)) from None
             except UnknownCustomer as error:
                 raise Rejected(Reason.UNKNOWN_CUSTOMER, str(error)) from None
+            except UnknownCampaign as error:
+                raise Rejected(Reason.UNKNOWN_CAMPAIGN, str(error)) from None
             except WorkspaceNotFound as error:
                 progress.workspace_id = None
                 raise Rejected(Reason.UNKNOWN_WORKSPACE, str(error)) from None

@@ -31,6 +31,7 @@ from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
+from domain.campaigns import redact_headers
 from domain.lead_types import LeadType
 from domain.partners import Partner
 from domain.users import User
@@ -74,9 +75,15 @@ REDACTED_FIELDS: dict[str, frozenset[str]] = {
     "partner.secret_issued": Partner.SecretIssued.redacted_fields,
 }
 REDACTED = "[redacted]"
+# Events carrying a campaign's configuration: its header values (buyers' API keys) hidden.
+HEADERS_HIDDEN = frozenset(
+    {"campaign.created", "campaign.updated", "submission.processing_started"}
+)
 
 
 def _state(record: Record) -> orjson.Fragment:
+    if record.event_type in HEADERS_HIDDEN:
+        return orjson.Fragment(orjson.dumps(redact_headers(orjson.loads(record.state))))
     hidden = REDACTED_FIELDS.get(record.event_type)
     if not hidden:
         # Already JSON (orjson-encoded by the codec): embedded as is, not re-decoded.

@@ -14,7 +14,7 @@ from gateways.web import settings_lead_types, settings_pipelines, settings_webho
 from gateways.web.routes import csrf_guard
 from gateways.web.session import SignedIn, require_user, web_of
 from gateways.web.settings_common import can_manage, form_lists, one, refused, settings_page
-from handlers.intake import Intake, UnknownCustomer
+from handlers.intake import Intake, UnknownCampaign, UnknownCustomer
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_guard)])
 router.include_router(settings_pipelines.router)
@@ -96,7 +96,7 @@ async def add_lead(request: Request, signed: Signed) -> Response:
         where = str(first["loc"][0]) if first["loc"] else "page"
         key = where if where in FIELDS else "custom" if where == "customFields" else "page"
         return lead_form(request, signed, values, rows, {key: str(first["msg"])}, 422)
-    except (MissingName, UnknownCustomer) as error:
+    except (MissingName, UnknownCustomer, UnknownCampaign) as error:
         return lead_form(request, signed, values, rows, {"name": str(error)}, 422)
     # The board reads a view: wait (briefly) for it to have the lead, so it is there.
     await web_of(request).engine.lead_views.wait_for(receipt.position, 5.0)
