@@ -229,6 +229,21 @@ async def make_user(
     return body
 
 
+async def make_campaign(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    name: str = "Campaign",
+    url: str = "https://buyer.example/leads",
+) -> str:
+    """A minimal campaign of the headers' workspace (`POST /v1/campaigns`, one endpoint); its id."""
+    created = await client.post(
+        "/v1/campaigns", json={"name": name, "endpoints": [{"url": url}]}, headers=headers
+    )
+    assert created.status_code == 201, created.text
+    campaign_id: str = created.json()["id"]
+    return campaign_id
+
+
 # Test receivers listen on 127.0.0.1, which the webhook sender refuses unless this is set;
 # the test proving the refusal builds Settings with it off.
 os.environ.setdefault("LEADLOG_ALLOW_PRIVATE_WEBHOOK_TARGETS", "1")

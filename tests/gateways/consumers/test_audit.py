@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,9 +17,11 @@ from gateways.consumers import audit as audit_module
 from gateways.consumers.audit import AuditReport, verify
 from gateways.settings import Settings
 from projections.base import ProjectionDb, Tables
+from projections.campaigns import CampaignsView
 from projections.leads import LeadList
+from projections.submissions import SubmissionsView
 from projections.timeline import LeadTimeline
-from tests.conftest import OPERATOR, Servers, leadlog_cli
+from tests.conftest import OPERATOR, Servers, leadlog_cli, make_campaign
 from tests.gateways.http.test_forms import QUOTE_FORM, token_of
 
 pytestmark = pytest.mark.timeout(240)
@@ -78,7 +79,7 @@ async def broad_workload(client: httpx.AsyncClient, ws: dict[str, Any]) -> list[
                 json={"name": "Web Lead", "email": "web@x.test", "phone": "+1 415 555 2671"},
             )
         )
-    campaign = str(uuid.uuid4())
+    campaign = await make_campaign(client, h)
     for _ in range(2):
         await ok(
             client.post(
@@ -88,7 +89,9 @@ async def broad_workload(client: httpx.AsyncClient, ws: dict[str, Any]) -> list[
             ),
             201,
         )
-    form = await ok(client.post("/v1/lead-forms", json=QUOTE_FORM, headers=h), 201)
+    form = await ok(
+        client.post("/v1/lead-forms", json={**QUOTE_FORM, "campaignId": campaign}, headers=h), 201
+    )
     page = await client.get(form["url"])
     posted = await client.post(
         form["url"],
@@ -257,6 +260,9 @@ async def test_audit_is_clean_for_every_view_after_a_broad_workload(
     assert audits[LeadList.name].rows == api_leads
     assert audits[LeadList.name].events > api_leads
     assert audits[LeadTimeline.name].rows > api_leads
+    # two through the submit API, one through the form; imported leads make none
+    assert audits[SubmissionsView.name].rows == 3
+    assert audits[CampaignsView.name].rows == 1
     assert report.json()["clean"] is True and report.json()["differences"] == 0
     assert await scratch_left(engine) == 0
     assert await live_state(engine) == before

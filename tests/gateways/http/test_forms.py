@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from domain.forms import HONEYPOT, SUBMISSION_TOKEN, FormSettings, read_submission
+from domain.submissions import Submission
 from gateways.bootstrap import Engine
-from tests.conftest import OPERATOR, bearer
+from tests.conftest import OPERATOR, bearer, make_campaign
 
 FORM_TYPE = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -223,7 +224,7 @@ async def test_page_is_accessible_html(
 async def test_submission_creates_a_lead(
     client: httpx.AsyncClient, workspace: dict[str, str], engine: Engine
 ) -> None:
-    campaign = str(uuid.uuid4())
+    campaign = await make_campaign(client, auth(workspace))
     form = await create_form(client, workspace, campaignId=campaign)
     page = await client.get(form["url"] + "?utm_source=news")
     token = token_of(page.text)
@@ -254,6 +255,10 @@ async def test_submission_creates_a_lead(
     assert lead["customFields"] == {"roofType": "flat", "_displayNames": {"roofType": "Roof type"}}
     assert lead["attribution"] == {"utm_source": "news"}
     assert getattr(logged[0].event, "channel", None) == f"form:{form['id']}"
+    (sent,) = await engine.store.read(0, 1000, ["submission.created"])
+    assert isinstance(sent.event, Submission.Created)
+    assert (sent.event.lead_id, str(sent.event.campaign_id)) == (lead_id, campaign)
+    assert sent.event.origin == "form"
 
     # the browser re-sends the same page (refresh after POST): nothing new is written
     before = await engine.store.max_position()
@@ -448,3 +453,32 @@ async def test_percent_encoded_invalid_utf8_is_refused(
     assert response.headers["content-type"].startswith("text/html")
     assert "not valid UTF-8" in response.text and "name" in response.text
     assert await engine.store.max_position() == before
+
+
+async def test_the_campaign_must_be_one_of_the_workspace(
+    client: httpx.AsyncClient, workspace: dict[str, str], engine: Engine
+) -> None:
+    other = await client.post("/v1/workspaces", json={"name": "Other"}, headers=OPERATOR)
+    token = await client.post(
+        f"/v1/workspaces/{other.json()['id']}/tokens", json={"role": "manager"}, headers=OPERATOR
+    )
+    theirs = await make_campaign(client, bearer(token.json()["token"]))
+    form = await create_form(client, workspace)
+    before = await engine.store.max_position()
+    for campaign in (str(uuid.uuid4()), theirs):
+        created = await client.post(
+            "/v1/lead-forms", json={**QUOTE_FORM, "campaignId": campaign}, headers=auth(workspace)
+        )
+        changed = await client.patch(
+            f"/v1/lead-forms/{form['id']}", json={"campaignId": campaign}, headers=auth(workspace)
+        )
+        for refused in (created, changed):
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["error"]["code"] == "unknown_campaign"
+    assert await engine.store.max_position() == before
+    ours = await make_campaign(client, auth(workspace))
+    changed = await client.patch(
+        f"/v1/lead-forms/{form['id']}", json={"campaignId": ours}, headers=auth(workspace)
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["campaignId"] == ours

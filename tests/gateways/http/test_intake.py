@@ -14,7 +14,7 @@ from domain.leads import Lead
 from domain.pipelines import Pipeline
 from domain.workspaces import Workspace
 from gateways.bootstrap import Engine
-from tests.conftest import OPERATOR, bearer
+from tests.conftest import OPERATOR, bearer, make_campaign
 
 
 @pytest.fixture
@@ -117,7 +117,8 @@ async def test_invalid_email_and_phone_are_kept_and_flagged(
 async def test_campaign_is_its_own_duplicate_scope(
     client: httpx.AsyncClient, workspace: dict[str, str], engine: Engine
 ) -> None:
-    one, two = str(uuid.uuid4()), str(uuid.uuid4())
+    one = await make_campaign(client, auth(workspace), "One")
+    two = await make_campaign(client, auth(workspace), "Two")
     a = await post_lead(client, workspace, {"name": "A", "email": "a@x.test", "campaignId": one})
     b = await post_lead(client, workspace, {"name": "B", "email": "a@x.test", "campaignId": two})
     c = await post_lead(client, workspace, {"name": "C", "email": "a@x.test", "campaignId": one})
@@ -236,6 +237,12 @@ async def test_bad_input_is_refused_and_writes_nothing(
         (b'{"name": "x", "surprise": true}', "application/json", 422, "validation_failed"),
         (b'{"name": "x", "tags": 5}', "application/json", 422, "validation_failed"),
         (b'{"name": "x", "customerId": "nope"}', "application/json", 422, "validation_failed"),
+        (
+            b'{"name": "x", "campaignId": "%s"}' % str(uuid.uuid4()).encode(),
+            "application/json",
+            422,
+            "unknown_campaign",
+        ),
     ]
     cases.append((orjson.dumps(deep), "application/json", 422, "too_deep"))
     for body, content_type, status, code in cases:

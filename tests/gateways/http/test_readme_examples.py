@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import make_user
+from tests.conftest import make_campaign, make_user
 from tests.gateways.http.test_partners import make_partner
 from tests.gateways.http.test_views import add
 
@@ -25,7 +25,8 @@ PIPELINE_ID = "5b9eb3ef-6a72-4384-9fa0-b1c2d3e4f5a6"
 LEAD_1 = "6cafc4f0-7b83-4495-a0b1-c2d3e4f5a6b7"
 LEAD_2 = "7db0d501-8c94-45a6-b1c2-d3e4f5a6b7c8"
 ACTION_ID = "8ec1e612-9da5-46b7-82d3-e4f5a6b7c8d9"
-# Any id: a form's leads are checked for duplicates within this campaign.
+# One of the workspace's campaigns (`POST /v1/campaigns` first): the form's leads are sent to
+# it, and checked for duplicates within it.
 CAMPAIGN_ID = "9fd2f723-aeb6-47c8-93e4-f5a6b7c8d9ea"
 
 # ---- POST /v1/lead-forms, PATCH /v1/lead-forms/{id} -----------------------------------------
@@ -228,9 +229,11 @@ def ok(response: httpx.Response, status: int = 200) -> dict[str, Any]:
 
 
 async def test_form_examples(client: httpx.AsyncClient, ws: dict[str, Any]) -> None:
-    created = ok(await client.post("/v1/lead-forms", json=CREATE_FORM, headers=ws["h"]), 201)
+    campaign = await make_campaign(client, ws["h"], "Roofing quotes")
+    body = filled(CREATE_FORM, {CAMPAIGN_ID: campaign})
+    created = ok(await client.post("/v1/lead-forms", json=body, headers=ws["h"]), 201)
     assert [f["key"] for f in created["fields"]] == [f["key"] for f in CREATE_FORM["fields"]]
-    assert created["campaignId"] == CAMPAIGN_ID and created["submitLabel"] == "Get my quote"
+    assert created["campaignId"] == campaign and created["submitLabel"] == "Get my quote"
     page = await client.get(created["url"])
     assert page.status_code == 200
     assert 'name="message"' in page.text and "<textarea" in page.text
@@ -241,7 +244,7 @@ async def test_form_examples(client: httpx.AsyncClient, ws: dict[str, Any]) -> N
     assert [f["key"] for f in updated["fields"]] == ["name", "email", "message"]
     assert updated["redirectUrl"] == "https://www.example.com/thank-you"
     assert updated["thankYouMessage"] == CREATE_FORM["thankYouMessage"]  # left out: kept
-    assert updated["campaignId"] == CAMPAIGN_ID
+    assert updated["campaignId"] == campaign
 
 
 async def test_lead_type_examples(client: httpx.AsyncClient, ws: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from domain.submissions import Submission
 from gateways.bootstrap import Engine
-from tests.conftest import OPERATOR, bearer
+from tests.conftest import OPERATOR, bearer, make_campaign
 
 SUBMIT = "/api/v1/leads/submit"
 
@@ -36,7 +36,7 @@ async def submit(
 async def test_submit_creates_lead_and_submission(
     client: httpx.AsyncClient, workspace: dict[str, str], engine: Engine
 ) -> None:
-    campaign = str(uuid.uuid4())
+    campaign = await make_campaign(client, bearer(workspace["token"]))
     response = await submit(
         client,
         workspace,
@@ -48,6 +48,7 @@ async def test_submit_creates_lead_and_submission(
     assert response.status_code == 201, response.text
     receipt = response.json()
     assert set(receipt) >= {"id", "requestId", "isDuplicate", "duplicateOf", "submissionId"}
+    assert receipt["leadId"] == receipt["id"]
     assert receipt["requestId"] == 1 and receipt["isDuplicate"] is False
     assert receipt["position"] > 0
 
@@ -63,11 +64,13 @@ async def test_submit_creates_lead_and_submission(
     assert submission is not None
     assert str(submission.lead_id) == receipt["id"]
     assert str(submission.campaign_id) == campaign
+    assert submission.status == "pending"  # no workers run here to take it further
 
 
 async def test_flat_body_is_accepted(client: httpx.AsyncClient, workspace: dict[str, str]) -> None:
+    campaign = await make_campaign(client, bearer(workspace["token"]))
     response = await submit(
-        client, workspace, {"campaignId": str(uuid.uuid4()), "name": "Flat", "company": "Acme"}
+        client, workspace, {"campaignId": campaign, "name": "Flat", "company": "Acme"}
     )
     assert response.status_code == 201, response.text
     lead = await client.get(
@@ -79,7 +82,8 @@ async def test_flat_body_is_accepted(client: httpx.AsyncClient, workspace: dict[
 async def test_duplicates_are_scoped_to_the_campaign(
     client: httpx.AsyncClient, workspace: dict[str, str]
 ) -> None:
-    one, two = str(uuid.uuid4()), str(uuid.uuid4())
+    one = await make_campaign(client, bearer(workspace["token"]), "One")
+    two = await make_campaign(client, bearer(workspace["token"]), "Two")
     person = {"name": "Bo", "email": "bo@example.com"}
     first = await submit(client, workspace, {"campaignId": one, "lead": person})
     again = await submit(client, workspace, {"campaignId": one, "lead": person})
@@ -96,7 +100,8 @@ async def test_duplicates_are_scoped_to_the_campaign(
 async def test_idempotency_key_replays_the_first_result(
     client: httpx.AsyncClient, workspace: dict[str, str], engine: Engine
 ) -> None:
-    body = {"campaignId": str(uuid.uuid4()), "lead": {"name": "Once", "email": "o@x.test"}}
+    campaign = await make_campaign(client, bearer(workspace["token"]))
+    body = {"campaignId": campaign, "lead": {"name": "Once", "email": "o@x.test"}}
     first = await submit(client, workspace, body, **{"Idempotency-Key": "partner-1"})
     before = await engine.store.max_position()
     retries = await asyncio.gather(
@@ -115,7 +120,8 @@ async def test_viewer_and_strangers_are_refused(
     viewer = await client.post(
         f"/v1/workspaces/{workspace['id']}/tokens", json={"role": "viewer"}, headers=OPERATOR
     )
-    body = {"campaignId": str(uuid.uuid4()), "lead": {"name": "x"}}
+    campaign = await make_campaign(client, bearer(workspace["token"]))
+    body = {"campaignId": campaign, "lead": {"name": "x"}}
     before = await engine.store.max_position()
     as_viewer = await client.post(SUBMIT, json=body, headers=bearer(viewer.json()["token"]))
     assert as_viewer.status_code == 403
@@ -130,7 +136,7 @@ async def test_viewer_and_strangers_are_refused(
 async def test_bad_input_is_refused_and_writes_nothing(
     client: httpx.AsyncClient, workspace: dict[str, str], engine: Engine
 ) -> None:
-    campaign = str(uuid.uuid4())
+    campaign = await make_campaign(client, bearer(workspace["token"]))
     before = await engine.store.max_position()
     deep: Any = {"name": "x"}
     node = deep
@@ -152,6 +158,12 @@ async def test_bad_input_is_refused_and_writes_nothing(
             "validation_failed",
         ),
         (b'{"campaignId": 7, "lead": {"name": "x"}}', "application/json", 422, "validation_failed"),
+        (
+            b'{"campaignId": "%s", "lead": {"name": "x"}}' % str(uuid.uuid4()).encode(),
+            "application/json",
+            422,
+            "unknown_campaign",
+        ),
         (
             b'{"campaignId": "%s", "lead": "Ann"}' % campaign.encode(),
             "application/json",
@@ -225,7 +237,8 @@ async def test_bad_input_is_refused_and_writes_nothing(
 async def test_operator_names_the_workspace(
     client: httpx.AsyncClient, workspace: dict[str, str]
 ) -> None:
-    body = {"campaignId": str(uuid.uuid4()), "lead": {"name": "Op"}}
+    campaign = await make_campaign(client, bearer(workspace["token"]))
+    body = {"campaignId": campaign, "lead": {"name": "Op"}}
     missing = await client.post(SUBMIT, json=body, headers=OPERATOR)
     assert missing.status_code == 400
     named = await client.post(

@@ -15,6 +15,7 @@ import pytest
 from domain import leads as lead_domain
 from domain.base import Aggregate, LoggedEvent
 from domain.leads import LeadDetails, Source, Status
+from domain.submissions import FINAL
 from gateways.bootstrap import PROJECTIONS, Engine
 from gateways.consumers.projector import Projector
 from gateways.consumers.read_models import LeadViews
@@ -38,7 +39,7 @@ from projections.timeline import (
     render_changes,
     render_summary,
 )
-from tests.conftest import OPERATOR, bearer
+from tests.conftest import OPERATOR, bearer, make_campaign
 
 
 class Probe:
@@ -168,6 +169,34 @@ async def probe(engine: Engine, workspace_id: str, lead_id: str, *events: Any) -
         )
     appended = await engine.store.append(Append(UUID(workspace_id), events=built))
     return appended.position
+
+
+async def settled(api: httpx.AsyncClient, ws: dict[str, Any], submission_id: str) -> dict[str, Any]:
+    """The submission once the pipeline has finished with it (the workers run it on)."""
+    async with asyncio.timeout(30):  # a buyer's answer may take the endpoint's 10 s
+        while True:
+            response = await api.get(f"/v1/submissions/{submission_id}", headers=ws["h"])
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            if body["status"] in FINAL:
+                return body
+            await asyncio.sleep(0.05)
+
+
+async def all_settled(engine: Engine, views: Projector) -> None:
+    """Every submission finished and in the view: the workers append nothing more to it (a
+    final step and its fallback are one append)."""
+    table = views.tables("submissions")["submissions"]
+    async with asyncio.timeout(30):  # a buyer's answer may take the endpoint's 10 s
+        while True:
+            head = await engine.log.max_position()
+            assert await views.wait_for("submissions", head, 10)
+            unfinished = await engine.pool.fetchval(
+                f"SELECT count(*) FROM {table} WHERE status <> ALL($1::text[])", sorted(FINAL)
+            )
+            if unfinished == 0:
+                return
+            await asyncio.sleep(0.05)
 
 
 def stage_body(stage: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -435,7 +464,8 @@ async def test_actions_and_webhooks_are_hidden_unless_included(
 async def test_submissions_of_a_lead_and_of_the_workspace(
     api: httpx.AsyncClient, ws: dict[str, Any]
 ) -> None:
-    one, two = str(uuid.uuid4()), str(uuid.uuid4())
+    one = await make_campaign(api, ws["h"], "One")
+    two = await make_campaign(api, ws["h"], "Two")
     a = await add(api, ws, name="Eve", email="eve@x.test", campaignId=one, tags=["hot"])
     b = await add(api, ws, name="Fay", email="fay@x.test", campaignId=two)
     plain = await add(api, ws, name="Gus")
@@ -449,12 +479,18 @@ async def test_submissions_of_a_lead_and_of_the_workspace(
     [submission] = mine.json()["items"]
     assert submission["id"] == a["submissionId"]
     assert (submission["leadId"], submission["campaignId"]) == (a["id"], one)
-    assert (submission["source"], submission["status"]) == ("manual", "received")
+    assert (submission["source"], submission["origin"]) == ("manual", "manual")
     assert submission["snapshot"]["name"] == "Eve"
     assert submission["snapshot"]["email"] == "eve@x.test"
     assert submission["snapshot"]["tags"] == ["hot"]
     assert submission["snapshot"]["campaignId"] == one
-    assert submission["createdAt"] == submission["updatedAt"]
+    # The workers take it on from `pending`; its journey starts there whatever it reached.
+    done = await settled(api, ws, a["submissionId"])
+    assert done["journey"][0]["step"] == "received"
+    assert (done["journey"][0]["status"], done["journey"][0]["campaignId"]) == ("pending", one)
+    assert datetime.fromisoformat(done["updatedAt"]) > datetime.fromisoformat(done["createdAt"])
+    final = (await settled(api, ws, b["submissionId"]))["status"]
+    assert final == done["status"]  # the same minimal campaign, the same end
     none = await api.get(f"/v1/leads/{plain['id']}/submissions", headers=ws["h"])
     assert none.json() == {"items": [], "total": 0}
 
@@ -463,22 +499,23 @@ async def test_submissions_of_a_lead_and_of_the_workspace(
     assert [s["leadId"] for s in listed.json()["items"]] == [b["id"], a["id"]]
     by_campaign = await api.get("/v1/submissions", params={"campaignId": one}, headers=ws["h"])
     assert [s["id"] for s in by_campaign.json()["items"]] == [a["submissionId"]]
-    received = await api.get("/v1/submissions", params={"status": "received"}, headers=ws["h"])
-    assert received.json()["total"] == 2
-    delivered = await api.get("/v1/submissions", params={"status": "delivered"}, headers=ws["h"])
-    assert delivered.json() == {"items": [], "total": 0, "page": 1, "limit": 50}
+    ended = await api.get("/v1/submissions", params={"status": final}, headers=ws["h"])
+    assert ended.json()["total"] == 2
+    pending = await api.get("/v1/submissions", params={"status": "pending"}, headers=ws["h"])
+    assert pending.json() == {"items": [], "total": 0, "page": 1, "limit": 50}
     paged = await api.get("/v1/submissions", params={"limit": 1, "page": 2}, headers=ws["h"])
     assert [s["leadId"] for s in paged.json()["items"]] == [a["id"]]
     assert paged.json()["total"] == 2
 
     story = await entries(api, ws, a["id"])
     assert story["items"][0]["eventType"] == "submission.created"
-    assert story["items"][0]["summary"] == f"Submitted to campaign {one} (status received)"
+    assert story["items"][0]["summary"] == f"Submitted to campaign {one} (status pending)"
     assert story["items"][0]["actor"] == ws["actor"]
 
 
 async def test_another_workspace_sees_nothing(api: httpx.AsyncClient, ws: dict[str, Any]) -> None:
-    lead = await add(api, ws, name="Hal", campaignId=str(uuid.uuid4()))
+    campaign = await make_campaign(api, ws["h"])
+    lead = await add(api, ws, name="Hal", campaignId=campaign)
     other = await make_workspace(api, "Other")
     missing = str(uuid.uuid4())
     for path in ("timeline", "submissions"):
@@ -490,6 +527,13 @@ async def test_another_workspace_sees_nothing(api: httpx.AsyncClient, ws: dict[s
         "/v1/submissions", params={"after": lead["position"]}, headers=other["h"]
     )
     assert listed.json()["total"] == 0
+    one = await api.get(f"/v1/submissions/{lead['submissionId']}", headers=other["h"])
+    assert one.status_code == 404 and one.json()["error"]["code"] == "not_found"
+    # Nor can it name this workspace's campaign for its own leads.
+    foreign = await api.post(
+        "/v1/leads", json={"name": "Hal", "campaignId": campaign}, headers=other["h"]
+    )
+    assert foreign.status_code == 422 and foreign.json()["error"]["code"] == "unknown_campaign"
     not_a_lead = await api.get(f"/v1/leads/{ws['pipeline']['id']}/timeline", headers=ws["h"])
     assert not_a_lead.status_code == 404
     assert (await api.get(f"/v1/leads/{lead['id']}/timeline")).status_code == 401
@@ -498,8 +542,9 @@ async def test_another_workspace_sees_nothing(api: httpx.AsyncClient, ws: dict[s
 async def test_after_reads_your_writes(
     api: httpx.AsyncClient, ws: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for i in range(5):
-        lead = await add(api, ws, name=f"Ivy {i}", campaignId=str(uuid.uuid4()))
+    campaigns = [await make_campaign(api, ws["h"], f"Ivy {i}") for i in range(5)]
+    for i, campaign in enumerate(campaigns):
+        lead = await add(api, ws, name=f"Ivy {i}", campaignId=campaign)
         # no retry loop: `after` alone makes the write visible
         body = await entries(api, ws, lead["id"], after=lead["position"])
         assert [e["eventType"] for e in body["items"]] == ["submission.created", "lead.received"]
@@ -528,7 +573,7 @@ async def _rows(engine: Engine, table: str, order: str) -> list[dict[str, Any]]:
 async def test_incremental_equals_rebuilt(
     api: httpx.AsyncClient, ws: dict[str, Any], engine: Engine, views: Projector
 ) -> None:
-    campaign = str(uuid.uuid4())
+    campaign = await make_campaign(api, ws["h"])
     customer = (await api.post("/v1/customers", json={"name": "Waveco"}, headers=ws["h"])).json()
     leads: list[dict[str, Any]] = []
     for wave in range(4):
@@ -573,6 +618,7 @@ async def test_incremental_equals_rebuilt(
             async with asyncio.timeout(10):  # the release reaction appends on its own
                 while await pending(engine, leads):
                     await asyncio.sleep(0.05)
+        await all_settled(engine, views)
         head = await engine.log.max_position()
         assert await views.wait_for("timeline", head, 10)
         assert await views.wait_for("submissions", head, 10)
@@ -612,10 +658,11 @@ async def test_incremental_equals_rebuilt(
         "lead.stage_changed",
         "lead.action_executed",
         "submission.created",
+        "submission.processing_started",
     }
     lead_events = await engine.pool.fetchval(
         "SELECT count(*) FROM events WHERE event_type LIKE 'lead.%' "
-        "OR event_type = 'submission.created'"
+        "OR event_type LIKE 'submission.%'"
     )
     assert entries_count == lead_events
     subs = await engine.pool.fetchval(
