@@ -19,6 +19,7 @@ from bench.nats_bulk import bench_nats_bulk
 from bench.projections import run_projection_benchmarks
 from bench.report import Report
 from bench.store import run_store_benchmarks
+from bench.submissions import bench_submissions
 from gateways.embedded.stack import EmbeddedStack
 
 
@@ -44,6 +45,7 @@ def main() -> int:
         asyncio.run(run_projection_benchmarks(report, database_url))
         # on uvloop, as `leadlog up` and `leadlog serve` run the engine
         uvloop.run(bench_deliveries(report, database_url, nats_url))
+        uvloop.run(bench_submissions(report, database_url, nats_url))
         asyncio.run(bench_board(report, database_url, nats_url))
     report.print()
     return 0

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
-import socket
 import sys
 import time
 import uuid
 from datetime import timedelta
-from multiprocessing.synchronize import Event as ProcessEvent
-from typing import cast
 
 import uvloop
 
+from bench.receiver import receiver, reply
 from bench.report import Report
 from domain.base import DomainEvent
 from domain.deliveries import Delivery, DeliveryKind
@@ -29,50 +26,6 @@ from handlers.workspaces import create_workspace
 DELIVERIES = 20_000
 PER_APPEND = 250
 TARGET = 2_000
-
-_ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
-
-
-class _Receiver(asyncio.Protocol):
-    """Answers 200 to every request on a keep-alive connection (reads just enough framing)."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            length = 0
-            for line in self.buffer[:end].split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if len(self.buffer) < end + 4 + length:
-                return
-            self.buffer = self.buffer[end + 4 + length :]
-            assert self.transport is not None
-            self.transport.write(_ANSWER)
-
-
-def _serve(port: int, ready: ProcessEvent) -> None:
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(_Receiver, "127.0.0.1", port)
-        ready.set()
-        await server.serve_forever()
-
-    uvloop.run(main())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _schedule(engine: Engine, url: str, count: int) -> None:
@@ -128,12 +81,11 @@ async def bench_deliveries(
     """Deliveries per second with every view running in the same process, as `leadlog
     serve workers` runs them: a backlog drained (the budget), then a stream scheduled
     while the worker sends (the scheduling's own cost included)."""
-    port = _free_port()
-    ready = multiprocessing.get_context("spawn").Event()
-    receiver = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(port, ready), daemon=True
-    )
-    receiver.start()
+    with receiver(reply()) as port:
+        return await _run(report, database_url, nats_url, count, port)
+
+
+async def _run(report: Report, database_url: str, nats_url: str, count: int, port: int) -> float:
     settings = Settings(
         database_schema=f"bench_{uuid.uuid4().hex[:8]}",
         nats_prefix=f"bench{uuid.uuid4().hex[:8]}",
@@ -143,8 +95,6 @@ async def bench_deliveries(
     worker = DeliveryWorker(engine.pool, engine.log, engine.store, settings, metrics=engine.metrics)
     url = f"http://127.0.0.1:{port}/hook"
     try:
-        if not ready.wait(30):
-            raise RuntimeError("the receiver did not start")
         await engine.projector.start()
         await _schedule(engine, url, count)
         head = await engine.log.max_position()
@@ -167,8 +117,6 @@ async def bench_deliveries(
         await engine.projector.stop()
         await engine.pool.execute(f"DROP SCHEMA {settings.database_schema} CASCADE")
         await engine.close()
-        receiver.terminate()
-        receiver.join(5)
     rate = count / drained
     thousands = count // 1000
     report.add(
