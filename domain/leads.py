@@ -460,6 +460,16 @@ class Lead(Aggregate):
         reason: str
         actor: str
 
+    class MessageActivity(Aggregate.Event):
+        """What a message to or from the lead did: a reply, an open, a click, a failure, an
+        unsubscribe or a spam report (the Lead Actions guide's message triggers)."""
+
+        kind: str
+        channel: str
+        message_id: UUID | None = None
+        detail: str | None = None
+        actor: str
+
     class LeadTypeChanged(Aggregate.Event):
         old: UUID | None
         new: UUID
@@ -807,6 +817,24 @@ class Lead(Aggregate):
         if self.open_return is not None:
             raise InvalidTransition("a return is open: accept or decline it first")
         self.trigger_event(Lead.Referred, partner_id=partner_id, actor=actor, by_user=by_user)
+
+    def message_activity(
+        self,
+        kind: str,
+        channel: str,
+        message_id: UUID | None,
+        detail: str | None,
+        actor: str,
+    ) -> None:
+        """Record a message happening on the lead (see `domain.triggers.MESSAGE_TRIGGERS`)."""
+        self.trigger_event(
+            Lead.MessageActivity,
+            kind=kind,
+            channel=channel,
+            message_id=message_id,
+            detail=detail,
+            actor=actor,
+        )
 
     def start_return(self, partner_id: UUID, reason: str, actor: str) -> None:
         self.ensure_live()

@@ -45,6 +45,14 @@ class Trigger(StrEnum):
     RETURN_STARTED = "return_started"
     RETURN_DECLINED = "return_declined"
     RETURN_ACCEPTED = "return_accepted"
+    EMAIL_FAILED = "email_failed"
+    EMAIL_OPENED = "email_opened"
+    EMAIL_CLICKED = "email_clicked"
+    EMAIL_REPLIED = "email_replied"
+    EMAIL_UNSUBSCRIBED = "email_unsubscribed"
+    EMAIL_SPAM = "email_spam"
+    SMS_FAILED = "sms_failed"
+    SMS_REPLIED = "sms_replied"
 
 
 # The `eventtype` an outbound webhook carries for each trigger.
@@ -71,6 +79,30 @@ EVENT_TYPE_CODES: dict[Trigger, str] = {
     Trigger.RETURN_STARTED: "returnstarted",
     Trigger.RETURN_DECLINED: "returndeclined",
     Trigger.RETURN_ACCEPTED: "returnaccepted",
+    Trigger.EMAIL_FAILED: "emailfailed",
+    Trigger.EMAIL_OPENED: "emailopened",
+    Trigger.EMAIL_CLICKED: "emailclicked",
+    Trigger.EMAIL_REPLIED: "emailreplied",
+    Trigger.EMAIL_UNSUBSCRIBED: "emailunsub",
+    Trigger.EMAIL_SPAM: "emailspam",
+    Trigger.SMS_FAILED: "smsfailed",
+    Trigger.SMS_REPLIED: "smsreplied",
+}
+
+# `Lead.MessageActivity.kind` → the trigger it fires. Replied and clicked fire every time;
+# the others once per message (the message records that it fired them).
+MESSAGE_TRIGGERS: dict[str, Trigger] = {
+    "email_failed": Trigger.EMAIL_FAILED,
+    "email_opened": Trigger.EMAIL_OPENED,
+    "email_clicked": Trigger.EMAIL_CLICKED,
+    "email_replied": Trigger.EMAIL_REPLIED,
+    "email_unsubscribed": Trigger.EMAIL_UNSUBSCRIBED,
+    "email_spam": Trigger.EMAIL_SPAM,
+    "sms_failed": Trigger.SMS_FAILED,
+    "sms_replied": Trigger.SMS_REPLIED,
+    # WhatsApp has no trigger of its own in the guide: its replies and failures are text's.
+    "whatsapp_failed": Trigger.SMS_FAILED,
+    "whatsapp_replied": Trigger.SMS_REPLIED,
 }
 
 _MILESTONE_TRIGGERS: dict[Milestone, Trigger] = {
@@ -94,6 +126,7 @@ TRIGGERING_EVENT_TYPES = frozenset(
         "lead.return_started",
         "lead.return_declined",
         "lead.return_accepted",
+        "lead.message_activity",
     }
 )
 
@@ -124,4 +157,6 @@ def triggers_of(event: DomainEvent, *, referred_on_receipt: bool = False) -> lis
         return [Trigger.RETURN_DECLINED]
     if isinstance(event, Lead.ReturnAccepted):
         return [Trigger.RETURN_ACCEPTED]
+    if isinstance(event, Lead.MessageActivity) and event.kind in MESSAGE_TRIGGERS:
+        return [MESSAGE_TRIGGERS[event.kind]]
     return []
