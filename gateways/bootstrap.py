@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -10,6 +11,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 
+from gateways.consumers.automations import AutomationViews, ChannelViews, build_messaging
 from gateways.consumers.projector import Projector
 from gateways.consumers.read_models import LeadViews
 from gateways.metrics import MeteredIntake, Metrics
@@ -18,14 +20,19 @@ from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog
 from gateways.settings import Settings
 from handlers.intake import LeadIntake
+from handlers.messaging import Messaging
 from handlers.workspaces import Authenticator
+from projections.automation_runs import AutomationRunsView
+from projections.automations import AutomationsView
 from projections.base import Projection
 from projections.campaign_stats import CampaignStats
 from projections.campaigns import CampaignsView
+from projections.channels import ChannelsView
 from projections.dashboard import DashboardStats
 from projections.deliveries import DeliveriesView
 from projections.lead_timers import LeadTimers
 from projections.leads import LeadList
+from projections.messages import MessagesView
 from projections.pending_leads import PendingLeads
 from projections.submissions import SubmissionsView
 from projections.timeline import LeadTimeline
@@ -47,6 +54,10 @@ PROJECTIONS: tuple[Projection, ...] = (
     DashboardStats(),
     CampaignsView(),
     CampaignStats(),
+    AutomationsView(),
+    AutomationRunsView(),
+    MessagesView(),
+    ChannelsView(),
 )
 
 
@@ -68,6 +79,15 @@ class Engine:
     nats: NatsClient
     admin_token: str | None
     _closed: bool = field(default=False, repr=False)
+
+    @functools.cached_property
+    def messaging_parts(self) -> tuple[Messaging, ChannelViews, AutomationViews]:
+        """Messaging and the directories it reads, one set per process (shared caches)."""
+        return build_messaging(self.store, self.projector)
+
+    @property
+    def messaging(self) -> Messaging:
+        return self.messaging_parts[0]
 
     async def close(self) -> None:
         if self._closed:

@@ -6,6 +6,11 @@ from typing import Protocol
 
 from gateways.bootstrap import Engine
 from gateways.consumers.action_shards import ActionWorkers
+from gateways.consumers.automations import (
+    AutomationReaction,
+    AutomationTimers,
+    BroadcastQueuer,
+)
 from gateways.consumers.reactor import Reactor
 from gateways.consumers.read_models import PendingLeadsTable
 from gateways.consumers.timers import AbandonmentTimers
@@ -13,9 +18,21 @@ from gateways.consumers.upgrade import UpgradeRebuilds
 from gateways.nats.intake import NatsIntake
 from gateways.nats.relay import NatsRelay
 from gateways.outbound.deliveries import delivery_worker
+from gateways.outbound.message_worker import MessageWorker
 from gateways.outbound.submission_worker import SubmissionWorker
 from handlers.actions import ActionRunner
 from handlers.customers import ReleasePendingLeads
+
+
+def messaging_workers(engine: Engine) -> list[Worker]:
+    """Automations (the reaction and its timers) and the message sender."""
+    messaging, channels, automations = engine.messaging_parts
+    return [
+        Reactor(engine.log, engine.store, AutomationReaction(messaging, channels, automations)),
+        AutomationTimers(messaging, engine.projector, interval=engine.settings.timer_interval),
+        MessageWorker(engine, channels),
+        BroadcastQueuer(messaging, engine.store),
+    ]
 
 
 class Worker(Protocol):
@@ -37,6 +54,7 @@ def build_workers(engine: Engine) -> list[Worker]:
         AbandonmentTimers(engine.projector, engine.store, interval=engine.settings.timer_interval),
         delivery_worker(engine),
         SubmissionWorker(engine),
+        *messaging_workers(engine),
         NatsIntake(engine),
         NatsRelay(engine),
     ]

@@ -112,6 +112,8 @@ class LeadList(Projection):
             CREATE INDEX IF NOT EXISTS {t}_board
                 ON {t} (workspace_id, pipeline_id, stage_id, created_at DESC, id);
             CREATE INDEX IF NOT EXISTS {t}_request ON {t} (workspace_id, request_id);
+            CREATE INDEX IF NOT EXISTS {t}_phone_forms
+                ON {t} USING gin (string_to_array(phone_digits, ' '));
         """
 
     async def apply(self, db: ProjectionDb, tables: Tables, events: Sequence[LoggedEvent]) -> None:

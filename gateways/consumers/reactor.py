@@ -132,11 +132,14 @@ class Reactor:
                 await self._record_error(record.position, record.event_id, record.event_type, error)
                 self._failing_at = record.position
                 raise
-            self.position = self.persisted = record.position
-            self._last_commit = asyncio.get_running_loop().time()
+            self.position = record.position
             if self._failing_at is not None and record.position >= self._failing_at:
                 await resolve_consumer_errors(self.log.pool, self.consumer, record.position)
                 self._failing_at = None
+        if records:
+            loop_time = asyncio.get_running_loop().time()
+            if self.position > self.persisted and loop_time - self._last_commit >= self.idle_flush:
+                await self._checkpoint(self.position)
         if len(records) < BATCH:
             # Positions become visible in order (the append lock): nothing this reaction
             # reads can still appear at or below `head`.
@@ -157,6 +160,11 @@ class Reactor:
     async def _handle(self, logged: LoggedEvent) -> None:
         for _ in range(MAX_CONFLICT_RETRIES):
             events = await self.reaction.react(logged)
+            if not events:
+                # Nothing decided: no append of its own; the checkpoint catches up with the
+                # next decision or a lazy flush (an event re-read after a crash decides
+                # nothing again).
+                return
             try:
                 await self.store.append(
                     Append(
@@ -165,6 +173,8 @@ class Reactor:
                         checkpoint=Checkpoint(self.consumer, logged.position),
                     )
                 )
+                self.persisted = logged.position
+                self._last_commit = asyncio.get_running_loop().time()
                 return
             except ConcurrencyConflict:
                 continue

@@ -9,7 +9,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateways.bootstrap import Engine, check_nats, check_postgres
 from gateways.http import (
+    automations,
+    broadcasts,
     campaigns,
+    channels,
     deliveries,
     forms,
     history,
@@ -18,12 +21,14 @@ from gateways.http import (
     lead_commands,
     lead_types,
     leads,
+    messages,
     partners,
     pipelines,
     submission_commands,
     submissions,
     submit,
     timeline,
+    tracking,
     users,
     workspaces,
 )
@@ -59,6 +64,11 @@ def create_app(engine: Engine) -> FastAPI:
     app.include_router(submissions.router)
     app.include_router(submission_commands.router)
     app.include_router(campaigns.router)
+    app.include_router(channels.router)
+    app.include_router(messages.router)
+    app.include_router(automations.router)
+    app.include_router(broadcasts.router)
+    app.include_router(tracking.router)
     app.include_router(history.router)
     app.include_router(inbound_webhooks.router)
     app.include_router(submit.router)

@@ -32,6 +32,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
 from domain.campaigns import redact_headers
+from domain.channels import redact_credentials
 from domain.lead_types import LeadType
 from domain.partners import Partner
 from domain.users import User
@@ -81,7 +82,13 @@ HEADERS_HIDDEN = frozenset(
 )
 
 
+# Events carrying a channel's configuration: its secret credentials hidden.
+CREDENTIALS_HIDDEN = frozenset({"channel.created", "channel.updated"})
+
+
 def _state(record: Record) -> orjson.Fragment:
+    if record.event_type in CREDENTIALS_HIDDEN:
+        return orjson.Fragment(orjson.dumps(redact_credentials(orjson.loads(record.state))))
     if record.event_type in HEADERS_HIDDEN:
         return orjson.Fragment(orjson.dumps(redact_headers(orjson.loads(record.state))))
     hidden = REDACTED_FIELDS.get(record.event_type)

@@ -68,7 +68,31 @@ def seed(engine: EngineProcess) -> Seeded:
         )
         customer = _created(http.post("/v1/customers", json={"name": "C"}, headers=admin))
         partner = _created(http.post("/v1/partners", json={"name": "P"}, headers=admin))
+        channel = _created(
+            http.post(
+                "/v1/channels",
+                json={
+                    "type": "sms",
+                    "name": "S",
+                    "from": "+15005550006",
+                    "credentials": {"accountSid": "AC1", "authToken": "t"},
+                },
+                headers=admin,
+            )
+        )
         hook = _created(http.post("/v1/lead-webhooks", json={"name": "W"}, headers=admin))
+        automation = _created(
+            http.post(
+                "/v1/lead-automations",
+                json={
+                    "name": "A",
+                    "steps": [
+                        {"channel": "sms", "channelId": channel["id"], "template": {"body": "Hi"}}
+                    ],
+                },
+                headers=admin,
+            )
+        )
         form = _created(
             http.post(
                 "/v1/lead-forms",
@@ -136,6 +160,8 @@ def seed(engine: EngineProcess) -> Seeded:
         "pipeline_id": pipelines["items"][0]["id"],
         "campaign_id": campaign["id"],
         "submission_id": submitted["submissionId"],
+        "channel_id": channel["id"],
+        "automation_id": automation["id"],
     }
     if deliveries:
         ids["delivery_id"] = deliveries[0]["id"]

@@ -55,7 +55,20 @@ async def read_urls(client: httpx.AsyncClient, ws: dict[str, Any]) -> dict[str, 
         "/v1/lead-forms", json={"name": "Quote", "fields": [{"key": "email"}]}, headers=h
     )
     customer = await client.post("/v1/customers", json={"name": "Cy"}, headers=h)
-    for created in (group, hook, lead_type, form, customer):
+    channel = await client.post(
+        "/v1/channels",
+        json={"type": "email", "name": "Mail", "from": "hi@acme.example"},
+        headers=h,
+    )
+    automation = await client.post(
+        "/v1/lead-automations",
+        json={
+            "name": "Hello",
+            "steps": [{"channel": "email", "template": {"subject": "Hi", "body": "Hi"}}],
+        },
+        headers=h,
+    )
+    for created in (group, hook, lead_type, form, customer, channel, automation):
         assert created.status_code == 201, created.text
     lead = await add(client, ws, name="Ann")
     return {
@@ -76,6 +89,13 @@ async def read_urls(client: httpx.AsyncClient, ws: dict[str, Any]) -> dict[str, 
         "/v1/me": "",
         f"/v1/customers/{customer.json()['id']}": "",
         "/v1/contacts": "after",
+        "/v1/channels": "type",
+        f"/v1/channels/{channel.json()['id']}": "",
+        "/v1/messages": "status",
+        "/v1/lead-automations": "active",
+        f"/v1/lead-automations/{automation.json()['id']}": "",
+        f"/v1/lead-automations/{automation.json()['id']}/stats": "after",
+        f"/v1/leads/{lead['id']}/automation-timeline": "automationId",
     }
 
 

@@ -119,6 +119,31 @@ async def tenant(client: httpx.AsyncClient, name: str, hook: str) -> dict[str, A
         )
     )
     webhook = await ok(await client.post("/v1/lead-webhooks", json={"name": "W"}, headers=h))
+    channel = await ok(
+        await client.post(
+            "/v1/channels",
+            json={
+                "type": "sms",
+                "name": f"{name} texts",
+                "from": "+15005550006",
+                "credentials": {"accountSid": "AC1", "authToken": f"{marker(name)}authtoken"},
+            },
+            headers=h,
+        )
+    )
+    automation = await ok(
+        await client.post(
+            "/v1/lead-automations",
+            json={
+                "name": f"{name} automation {marker(name)}",
+                "webhookSourceId": webhook["id"],
+                "steps": [
+                    {"channel": "sms", "channelId": channel["id"], "template": {"body": "Hi"}}
+                ],
+            },
+            headers=h,
+        )
+    )
     form = await ok(
         await client.post(
             "/v1/lead-forms",
@@ -179,12 +204,20 @@ async def tenant(client: httpx.AsyncClient, name: str, hook: str) -> dict[str, A
         "action": lead_type["actions"][0]["id"],
         "webhook": webhook["id"],
         "form": form["id"],
+        "channel": channel["id"],
+        "automation": automation["id"],
     }
     if converted.is_success and converted.json().get("contactId"):
         ids["contact"] = converted.json()["contactId"]
     if submitted.is_success and submitted.json().get("submissionId"):
         ids["submission"] = submitted.json()["submissionId"]
-    secrets = [admin["token"], partner_token["token"], webhook.get("apiKey", ""), form["formKey"]]
+    secrets = [
+        admin["token"],
+        partner_token["token"],
+        webhook.get("apiKey", ""),
+        form["formKey"],
+        f"{marker(name)}authtoken",
+    ]
     return {
         "name": name,
         "id": wid,
@@ -211,6 +244,8 @@ def id_for(name: str, ids: dict[str, str]) -> str:
         ("contact", "contact"),
         ("delivery", "delivery"),
         ("submission", "submission"),
+        ("channel", "channel"),
+        ("automation", "automation"),
         ("webhook", "webhook"),
         ("form", "form"),
         ("group", "group"),
@@ -319,6 +354,15 @@ def crafted(method: str, path: str, a: dict[str, str], b: dict[str, Any]) -> lis
         {"name": "X", "endpoints": [endpoint], "buyerPartnerId": a["partner"]},
         {"name": "X", "endpoints": [{**endpoint, "buyerPartnerId": a["partner"]}]},
     ]
+    sms_step = {"channel": "sms", "template": {"body": "Hi"}}
+    automations = [
+        {"name": "X", "steps": [{**sms_step, "channelId": a["channel"]}]},
+        {
+            "name": "X",
+            "steps": [{**sms_step, "fallbackChannel": "sms", "fallbackChannelId": a["channel"]}],
+        },
+        {"name": "X", "webhookSourceId": a["webhook"], "steps": [sms_step]},
+    ]
     table: dict[tuple[str, str], list[Any]] = {
         ("POST", "/v1/leads"): [
             {"name": "n", "assignedTo": a["user"]},
@@ -352,6 +396,9 @@ def crafted(method: str, path: str, a: dict[str, str], b: dict[str, Any]) -> lis
         ("POST", "/v1/campaigns"): campaigns,
         ("PUT", "/v1/campaigns/{campaign_id}"): campaigns,
         ("PATCH", "/v1/campaigns/{campaign_id}"): campaigns,
+        ("POST", "/v1/lead-automations"): automations,
+        ("PUT", "/v1/lead-automations/{automation_id}"): automations,
+        ("PATCH", "/v1/lead-automations/{automation_id}"): automations,
         ("PUT", "/v1/routing-rules"): [
             {"rules": [{"name": "x", "campaignIds": [a["campaign"]]}]},
             {"rules": [{"name": "x", "campaignIds": [b["ids"]["campaign"], a["campaign"]]}]},
