@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test test-all test-slow test-local lint bench lock clean
+.PHONY: setup browser wrk run test test-all test-slow test-local lint bench lock clean
 
 # Installs exactly the versions (and hashes) in requirements.lock; `make lock` refreshes it
 # from the ranges in pyproject.toml.
@@ -22,6 +22,12 @@ browser:
 	@command -v chromium >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium; \
 		else echo "chromium is missing and this is not root: the browser tests will be skipped (apt-get install chromium)"; fi; }
+
+# The messaging bench posts provider callbacks with Debian's wrk (else slower httpx clients).
+wrk:
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; \
+		else echo "wrk is missing and this is not root: the callback bench will use httpx clients (apt-get install wrk)"; fi; }
 
 run: setup
 	$(BIN)/leadlog up
@@ -48,7 +54,7 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: setup
+bench: setup wrk
 	$(BIN)/python -m bench
 
 lock: setup

@@ -15,6 +15,7 @@ import uvloop
 from bench.board import bench_board
 from bench.deliveries import bench_deliveries
 from bench.ingest import bench_ingest
+from bench.messages import bench_messages
 from bench.nats_bulk import bench_nats_bulk
 from bench.projections import run_projection_benchmarks
 from bench.report import Report
@@ -46,6 +47,7 @@ def main() -> int:
         # on uvloop, as `leadlog up` and `leadlog serve` run the engine
         uvloop.run(bench_deliveries(report, database_url, nats_url))
         uvloop.run(bench_submissions(report, database_url, nats_url))
+        uvloop.run(bench_messages(report, database_url, nats_url))
         asyncio.run(bench_board(report, database_url, nats_url))
     report.print()
     return 0
