@@ -21,7 +21,6 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -40,6 +39,7 @@ from gateways.consumers.consumer_state import live_consumer
 from gateways.outbound.providers import EmailSender, SendResult, TwilioSms, WhatsAppCloud
 from gateways.outbound.smtp_sender import SmtpSender
 from gateways.outbound.webhook_sender import WebhookSender
+from gateways.outbound.work_queue import WorkQueue
 from gateways.postgres.errors import after_failure, describe, is_unavailable
 from gateways.servers import secret_key
 from gateways.web.signing import Signer
@@ -149,12 +149,8 @@ class MessageWorker:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.sent = 0
         self.failed = 0
-        self._queue: deque[UUID] = deque()
-        self._queued: set[UUID] = set()
-        self._work = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._work = WorkQueue(self._send_logged, concurrency)
         self._tasks: list[asyncio.Task[None]] = []
-        self._runners: list[asyncio.Task[None]] = []
         self._paces: dict[UUID, _Pace] = {}
 
     async def start(self) -> None:
@@ -165,46 +161,29 @@ class MessageWorker:
                 "SELECT pg_advisory_xact_lock(hashtext($1))", "leadlog.message_leases"
             )
             await conn.execute(_LEASES_SQL)
-        self._stopping = asyncio.Event()
         after = await self.engine.log.max_tracking_id(live_consumer("messages")) or 0
         self._tasks = [
             asyncio.create_task(self._follow(after), name="leadlog-messages-follower"),
             asyncio.create_task(self._poll(), name="leadlog-messages-poller"),
         ]
-        self._runners = [
-            asyncio.create_task(self._run(), name=f"leadlog-messages-{n}")
-            for n in range(self.concurrency)
-        ]
+        self._work.start("leadlog-messages")
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        runners, self._runners = self._runners, []
-        if not tasks and not runners:
+        if not tasks:
             return
-        self._stopping.set()
-        self._work.set()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if runners:
-            _, pending = await asyncio.wait(runners, timeout=self.stop_timeout)
-            for task in pending:
-                task.cancel()
-            for task in runners:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self._work.stop(self.stop_timeout)
         await self._sender.aclose()
 
     # ---- where work comes from -----------------------------------------------------------
 
     def enqueue(self, message_id: UUID) -> None:
-        if message_id in self._queued:
-            return
-        self._queued.add(message_id)
-        self._queue.append(message_id)
-        self._work.set()
+        self._work.put(message_id)
 
     async def _follow(self, after: int) -> None:
         event_log = self.engine.log
@@ -254,21 +233,13 @@ class MessageWorker:
 
     # ---- sending --------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            if not self._queue:
-                self._work.clear()
-                await self._work.wait()
-                continue
-            message_id = self._queue.popleft()
-            try:
-                await self._send_one(message_id)
-            except Exception as error:
-                if is_unavailable(error):
-                    await after_failure(self.engine.pool, error)
-                log.error("message send failed; the poll tries it again", error=repr(error))
-            finally:
-                self._queued.discard(message_id)
+    async def _send_logged(self, message_id: UUID) -> None:
+        try:
+            await self._send_one(message_id)
+        except Exception as error:
+            if is_unavailable(error):
+                await after_failure(self.engine.pool, error)
+            log.error("message send failed; the poll tries it again", error=repr(error))
 
     async def _lease(self, message_id: UUID) -> bool:
         async with self.engine.pool.acquire() as conn:

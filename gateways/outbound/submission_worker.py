@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
@@ -33,6 +32,7 @@ from gateways.consumers.consumer_state import live_consumer
 from gateways.outbound.buyers import BuyerClient
 from gateways.outbound.deliveries import AggregateCache
 from gateways.outbound.webhook_sender import WebhookSender
+from gateways.outbound.work_queue import WorkQueue
 from gateways.postgres.errors import after_failure, describe, is_unavailable
 from gateways.servers import secret_key
 from gateways.web.signing import Signer
@@ -107,63 +107,40 @@ class SubmissionWorker:
         self.advanced = 0
         """Submissions this instance finished advancing (each call), for tests and metrics."""
         self.error: str | None = None
-        self._queue: deque[UUID] = deque()
-        self._queued: set[UUID] = set()
-        self._again: set[UUID] = set()
-        self._work = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._work = WorkQueue(self._advance, self.concurrency)
         self._tasks: list[asyncio.Task[None]] = []
-        self._runners: list[asyncio.Task[None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._tasks:
             return
-        self._stopping = asyncio.Event()
         after = await self.engine.log.max_tracking_id(live_consumer(PROJECTION)) or 0
         self._tasks = [
             asyncio.create_task(self._follow(after), name="leadlog-submissions-follower"),
             asyncio.create_task(self._poll(), name="leadlog-submissions-poller"),
         ]
-        self._runners = [
-            asyncio.create_task(self._run(), name=f"leadlog-submissions-{n}")
-            for n in range(self.concurrency)
-        ]
+        self._work.start("leadlog-submissions")
 
     async def stop(self) -> None:
         """Stop taking work; let the submissions in hand finish their step (a post in
         flight gets its answer recorded), cancelled after `stop_timeout`."""
         tasks, self._tasks = self._tasks, []
-        runners, self._runners = self._runners, []
-        if not tasks and not runners:
+        if not tasks:
             return
-        self._stopping.set()
-        self._work.set()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if runners:
-            _, pending = await asyncio.wait(runners, timeout=self.stop_timeout)
-            for task in pending:
-                task.cancel()
-            for task in runners:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self._work.stop(self.stop_timeout)
         if self._owns_sender:
             await self._sender.aclose()
 
     # ---- where work comes from ---------------------------------------------------------------
 
     def enqueue(self, submission_id: UUID) -> None:
-        if submission_id in self._queued:
-            self._again.add(submission_id)
-            return
-        self._queued.add(submission_id)
-        self._queue.append(submission_id)
-        self._work.set()
+        self._work.put(submission_id)
 
     async def _follow(self, after: int) -> None:
         event_log = self.engine.log
@@ -222,22 +199,6 @@ class SubmissionWorker:
         return [row["id"] for row in rows]
 
     # ---- doing it ------------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            if not self._queue:
-                self._work.clear()
-                await self._work.wait()
-                continue
-            submission_id = self._queue.popleft()
-            try:
-                await self._advance(submission_id)
-            finally:
-                self._queued.discard(submission_id)
-                if submission_id in self._again:
-                    self._again.discard(submission_id)
-                    if not self._stopping.is_set():
-                        self.enqueue(submission_id)
 
     async def _advance(self, submission_id: UUID) -> None:
         try:
