@@ -291,6 +291,84 @@ class NotifyUser(EmailAction):
     user_id: UUID
 
 
+class MessageAction(ActionBase):
+    """A message through one of the workspace's messaging channels (`/v1/channels`): SMS
+    (`body`), WhatsApp (`templateName`, `language`, `parameters`) or email (`subject`,
+    `body`), with `{{lead.name}}` placeholders; `channelId` picks the channel, else the
+    workspace's first of that kind. It is queued by the automation reaction right after the
+    decision and tracked like every other message (`GET /v1/messages`)."""
+
+    channel: Literal["sms", "whatsapp", "email"] = "sms"
+    channel_id: UUID | None = None
+    body: str | None = Field(default=None, max_length=5000)
+    subject: str | None = Field(default=None, max_length=500)
+    template_name: str | None = Field(default=None, max_length=512)
+    language: str | None = Field(default=None, max_length=20)
+    parameters: list[str] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="after")
+    def _content(self) -> MessageAction:
+        if self.channel == "whatsapp":
+            if not self.template_name or not self.language:
+                raise ValueError("a WhatsApp message needs templateName and language")
+        elif not self.body:
+            raise ValueError(f"a {self.channel} message needs a body")
+        if self.channel == "email" and not self.subject:
+            raise ValueError("an email needs a subject")
+        return self
+
+    def template(self) -> dict[str, Any]:
+        if self.channel == "whatsapp":
+            return {
+                "name": self.template_name,
+                "language": self.language,
+                "parameters": list(self.parameters),
+            }
+        return {"body": self.body, "subject": self.subject}
+
+
+class TextCustomer(MessageAction):
+    """Contact Customer by text message: the lead, at its phone number."""
+
+    type: Literal["text_customer"] = "text_customer"
+
+
+class NotifyUserByText(MessageAction):
+    """Notify User by Text: a text about the lead to a person's number (`to`)."""
+
+    type: Literal["notify_user_by_text"] = "notify_user_by_text"
+    to: str = Field(min_length=3, max_length=40)
+
+
+class ContactPartner(MessageAction):
+    """Contact Partner: email or text the partner (its email or phone) about the lead."""
+
+    type: Literal["contact_partner"] = "contact_partner"
+    partner_id: UUID
+
+
+class StartWorkflow(ActionBase):
+    """Start Workflow: start an automation for the lead (a run of it already going for the
+    lead is stopped first)."""
+
+    type: Literal["start_workflow"] = "start_workflow"
+    automation_id: UUID
+
+
+class StopWorkflow(ActionBase):
+    """Stop Workflow: stop the lead's running runs of an automation (of every one when
+    `automationId` is not given)."""
+
+    type: Literal["stop_workflow"] = "stop_workflow"
+    automation_id: UUID | None = None
+
+
+# Actions the automation reaction carries out after the decision records them `scheduled`.
+MESSAGING_ACTIONS = frozenset(
+    {"text_customer", "notify_user_by_text", "contact_partner", "start_workflow", "stop_workflow"}
+)
+
+
 Action = Annotated[
     AssignUser
     | ChangeStatus
@@ -299,7 +377,12 @@ Action = Annotated[
     | Webhook
     | ContactCustomer
     | ContactUser
-    | NotifyUser,
+    | NotifyUser
+    | TextCustomer
+    | NotifyUserByText
+    | ContactPartner
+    | StartWorkflow
+    | StopWorkflow,
     Field(discriminator="type"),
 ]
 

@@ -47,9 +47,13 @@ from domain.lead_types import (
     ContactUser,
     EmailAction,
     LeadType,
+    MessageAction,
     NotifyUser,
     Refer,
     ReferralMethod,
+    StartWorkflow,
+    StopWorkflow,
+    TextCustomer,
     Webhook,
     ordered,
 )
@@ -450,6 +454,11 @@ class Decision:
                 self._webhook(trigger, action)
             elif isinstance(action, EmailAction):
                 self._email(trigger, action)
+            elif isinstance(action, TextCustomer) and not self.lead.phone_valid:
+                self._record(trigger, action, SKIPPED, "no one to text: the lead has no phone")
+            elif isinstance(action, MessageAction | StartWorkflow | StopWorkflow):
+                # Carried out by the automation reaction, from this record (once).
+                self._record(trigger, action, SCHEDULED, f"{action.type} queued")
         except InvalidTransition as error:
             self._record(trigger, action, SKIPPED, str(error))
 

@@ -30,9 +30,20 @@ from domain.base import DomainEvent, LoggedEvent
 from domain.broadcasts import Audience, Broadcast
 from domain.channels import Channel, ChannelType, UnknownChannel
 from domain.lead_context import lead_context
+from domain.lead_types import (
+    MESSAGING_ACTIONS,
+    ContactPartner,
+    LeadType,
+    MessageAction,
+    NotifyUserByText,
+    StartWorkflow,
+    StopWorkflow,
+)
 from domain.leads import Lead
 from domain.message_templates import render_message
 from domain.messages import FAILURES, Message, MessageStatus, Origin
+from domain.normalize import normalise_phone
+from domain.partners import Partner
 from domain.suppressions import Suppression, is_start, is_stop, suppression_id
 from domain.triggers import triggers_of
 from handlers.ports import Append, Claim, ConcurrencyConflict, EventStore
@@ -59,6 +70,8 @@ class AutomationDirectory(Protocol):
     async def active_for(self, workspace_id: UUID) -> Sequence[Automation]: ...
 
     async def latest_run(self, automation_id: UUID, lead_id: UUID) -> UUID | None: ...
+
+    async def running_runs(self, lead_id: UUID, automation_id: UUID | None) -> Sequence[UUID]: ...
 
 
 @dataclass(frozen=True)
@@ -138,14 +151,16 @@ class Messaging:
         origin_id: UUID | None,
         step: int | None = None,
         message_id: UUID | None = None,
+        to: str | None = None,
     ) -> Queued:
-        """The message to send the lead, or why there is none. Nothing is appended."""
+        """The message to send the lead (or, with `to`, about the lead to that address), or
+        why there is none. Nothing is appended."""
         channel = await self.channel_for(lead.workspace_id, kind, channel_id)
         if channel is None:
             return Queued(None, "no_channel", f"the workspace has no {kind} channel")
         if not channel.config.active:
             return Queued(None, "inactive_channel", f"channel {channel.config.name} is off")
-        address = address_of(lead, kind)
+        address = to or address_of(lead, kind)
         if address is None:
             what = "email address" if kind is ChannelType.EMAIL else "phone number"
             return Queued(None, "missing_contact", f"the lead has no valid {what}")
@@ -223,7 +238,65 @@ class Messaging:
         steps moved on by a message's fate."""
         if logged.event_type.startswith("message."):
             return await self.on_message_event(logged)
+        if isinstance(logged.event, Lead.ActionTaken):
+            return await self.on_action_taken(logged)
         return await self.on_lead_event(logged)
+
+    async def on_action_taken(self, logged: LoggedEvent) -> list[DomainEvent]:
+        """Carry out a lead-type messaging action the action runner recorded `scheduled`:
+        a text or email (to the lead, a partner or a person), or starting or stopping an
+        automation for the lead. Message ids come from the record, so once each."""
+        event = logged.event
+        assert isinstance(event, Lead.ActionTaken)
+        if event.action_type not in MESSAGING_ACTIONS or event.outcome != "scheduled":
+            return []
+        lead_type = await self.store.load(LeadType, event.lead_type_id)
+        action = lead_type.action(event.action_id) if lead_type is not None else None
+        lead = await self.store.load(Lead, event.originator_id)
+        if action is None or lead is None or lead.deleted:
+            return []
+        if isinstance(action, StartWorkflow | StopWorkflow):
+            return await self._workflow(action, lead, str(logged.event_id))
+        assert isinstance(action, MessageAction)
+        to: str | None = None
+        kind = ChannelType(action.channel)
+        if isinstance(action, NotifyUserByText):
+            to = normalise_phone(action.to, "US").normal or action.to
+        elif isinstance(action, ContactPartner):
+            partner = await self.store.load(Partner, action.partner_id)
+            if partner is None or partner.deleted or partner.workspace_id != lead.workspace_id:
+                return []
+            details = partner.details
+            to = details.email if kind is ChannelType.EMAIL else details.phone
+            if not to:
+                return []
+        decided = await self.decide(
+            lead,
+            kind,
+            action.channel_id,
+            Template.model_validate(action.template()),
+            origin=Origin.ACTION,
+            origin_id=action.id,
+            message_id=message_id_for(logged.event_id, lead.id),
+            to=to,
+        )
+        return list(decided.events)
+
+    async def _workflow(
+        self, action: StartWorkflow | StopWorkflow, lead: Lead, cause: str
+    ) -> list[DomainEvent]:
+        events: list[DomainEvent] = []
+        for run_id in await self.automations.running_runs(lead.id, action.automation_id):
+            run = await self.store.load(AutomationRun, run_id)
+            if run is not None and run.status is RunStatus.RUNNING:
+                run.stop(f"{action.type} action")
+                events.extend(run.collect_events())
+        if isinstance(action, StartWorkflow):
+            automation = await self.store.load(Automation, action.automation_id)
+            usable = automation is not None and not automation.deleted
+            if usable and automation is not None and automation.workspace_id == lead.workspace_id:
+                events.extend(await self.start(automation, lead, cause=cause, forced=True))
+        return events
 
     async def on_lead_event(self, logged: LoggedEvent) -> list[DomainEvent]:
         """Start the automations a lead event triggers (a run's id comes from the event, so
@@ -244,7 +317,9 @@ class Messaging:
                 events.extend(await self.start(automation, lead, cause=str(logged.event_id)))
         return events
 
-    async def start(self, automation: Automation, lead: Lead, *, cause: str) -> list[DomainEvent]:
+    async def start(
+        self, automation: Automation, lead: Lead, *, cause: str, forced: bool = False
+    ) -> list[DomainEvent]:
         """A run of the automation for the lead: skipped (safety lock, no contact), or its
         first step scheduled or sent. Its events, to append (nothing when it already ran)."""
         config = automation.config
@@ -275,7 +350,8 @@ class Messaging:
         for address in addresses:
             lock = await self.store.load(SafetyLock, SafetyLock.create_id(automation.id, address))
             locks.append(lock or SafetyLock(automation_id=automation.id, contact=address))
-        held = [lock for lock in locks if lock.held(now, config.safety_lock_minutes)]
+        # A Start Workflow action is a deliberate start: the safety lock guards triggers.
+        held = [] if forced else [k for k in locks if k.held(now, config.safety_lock_minutes)]
         if held:
             run.skip(
                 "safety_lock",

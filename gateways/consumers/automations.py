@@ -112,6 +112,16 @@ class AutomationViews:
         self._cached[workspace_id] = live
         return live
 
+    async def running_runs(self, lead_id: UUID, automation_id: UUID | None) -> list[UUID]:
+        async with self.projector.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT id FROM automation_runs WHERE lead_id = $1 AND status = 'running'
+                    AND ($2::uuid IS NULL OR automation_id = $2)""",
+                lead_id,
+                automation_id,
+            )
+        return [row["id"] for row in rows]
+
     async def latest_run(self, automation_id: UUID, lead_id: UUID) -> UUID | None:
         async with self.projector.pool.acquire() as conn:
             found: UUID | None = await conn.fetchval(
@@ -150,7 +160,9 @@ class AutomationReaction:
     """The `Reaction` that runs automations (see the module's docstring)."""
 
     name = "automations"
-    event_types = frozenset(TRIGGERING_EVENT_TYPES | MESSAGE_EVENTS | CONFIG_EVENTS)
+    event_types = frozenset(
+        TRIGGERING_EVENT_TYPES | MESSAGE_EVENTS | CONFIG_EVENTS | {"lead.action_taken"}
+    )
 
     def __init__(
         self, messaging: Messaging, channels: ChannelViews, automations: AutomationViews

@@ -255,7 +255,8 @@ async def delete_channel(channel_id: UUID, request: Request, caller: Manager) ->
 
 
 async def _callback_channel(request: Request, channel_id: UUID) -> Channel:
-    channel = await commands.channel_of(engine_of(request).store, channel_id)
+    # Read through the process's channel cache (a few seconds): callbacks come in bursts.
+    channel = await engine_of(request).messaging_parts[1].get(channel_id)
     if channel is None:
         raise ApiError(404, "not_found", f"channel {channel_id} does not exist")
     if channel.config.type is ChannelType.EMAIL:

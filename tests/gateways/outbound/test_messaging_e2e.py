@@ -547,3 +547,73 @@ async def test_a_broadcast_to_a_thousand_leads_keeps_the_pace(
 
         stats = await eventually(counted)
         assert stats["failed"] == 0 and stats["queued"] == 1000
+
+
+async def test_lead_type_actions_text_and_start_and_stop_workflows(
+    client: httpx.AsyncClient, workers: Workers
+) -> None:
+    ws = await make_workspace(client)
+    async with FakeTwilio() as twilio:
+        sms = await sms_channel(client, ws, twilio)
+        drip = await client.post(
+            "/v1/lead-automations",
+            json={
+                "name": "Drip",
+                "steps": [
+                    {"channel": "sms", "channelId": sms, "template": {"body": "Step one"}},
+                    {
+                        "channel": "sms",
+                        "channelId": sms,
+                        "delay": "1h",
+                        "template": {"body": "Step two"},
+                    },
+                ],
+            },
+            headers=ws["h"],
+        )
+        assert drip.status_code == 201, drip.text
+        drip_id = drip.json()["id"]
+        lead_type = await client.post(
+            "/v1/lead-types",
+            json={
+                "name": "Texting",
+                "actions": [
+                    {
+                        "type": "text_customer",
+                        "trigger": "received",
+                        "channelId": sms,
+                        "body": "Thanks {{lead.name}}",
+                    },
+                    {
+                        "type": "notify_user_by_text",
+                        "trigger": "received",
+                        "to": "+14155550199",
+                        "body": "New lead: {{lead.name}}",
+                    },
+                    {"type": "start_workflow", "trigger": "received", "automationId": drip_id},
+                    {"type": "stop_workflow", "trigger": "status_changed", "automationId": drip_id},
+                ],
+            },
+            headers=ws["h"],
+        )
+        assert lead_type.status_code == 201, lead_type.text
+        lead_id = (await client.post("/v1/leads", json=ANN, headers=ws["h"])).json()["id"]
+        await eventually(lambda: _now(len(twilio.sent) == 3))
+        by_to = sorted((r.form["To"], r.form["Body"]) for r in twilio.sent)
+        assert by_to == [
+            ("+14155550101", "Step one"),
+            ("+14155550101", "Thanks Ann Lead"),
+            ("+14155550199", "New lead: Ann Lead"),
+        ]
+        moved = await client.patch(
+            f"/v1/leads/{lead_id}/status", json={"status": "contacted"}, headers=ws["h"]
+        )
+        assert moved.status_code == 200, moved.text
+
+        async def stopped() -> list[dict[str, Any]] | None:
+            items = await timeline(client, ws, lead_id)
+            return items if "automation_stopped" in types(items) else None
+
+        await eventually(stopped)
+        found = await messages(client, ws, lead_id)
+        assert {m["origin"] for m in found} == {"action", "automation"}
