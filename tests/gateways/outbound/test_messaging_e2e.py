@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from email import message_from_bytes
@@ -617,3 +619,85 @@ async def test_lead_type_actions_text_and_start_and_stop_workflows(
         await eventually(stopped)
         found = await messages(client, ws, lead_id)
         assert {m["origin"] for m in found} == {"action", "automation"}
+
+
+def html_part(raw: bytes) -> str:
+    message = message_from_bytes(raw)
+    for part in message.walk():
+        if part.get_content_type() == "text/html":
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            return payload.decode()
+    raise AssertionError("no HTML part")
+
+
+async def test_opens_clicks_bounces_and_complaints_come_back_to_the_lead(
+    client: httpx.AsyncClient, workers: Workers, mailbox: tuple[Mailbox, int]
+) -> None:
+    box, port = mailbox
+    ws = await make_workspace(client)
+    email = await channel(
+        client,
+        ws,
+        type="email",
+        name="Mail",
+        **{"from": "hello@acme.example"},
+        credentials={"host": "127.0.0.1", "port": port},
+    )
+    lead_id = (await client.post("/v1/leads", json=ANN, headers=ws["h"])).json()["id"]
+    sent = await client.post(
+        "/v1/leads/broadcast/quick-send",
+        json={
+            "leadIds": [lead_id],
+            "channel": "email",
+            "channelId": email,
+            "subject": "Your quote",
+            "message": "See https://acme.example/quote?id=7 for the details.",
+        },
+        headers=ws["h"],
+    )
+    message_id = sent.json()["results"][0]["messageId"]
+    await eventually(lambda: _now(len(box.messages) == 1))
+    page = html_part(box.messages[0])
+    pixel = re.search(r'<img[^>]+src="([^"]+/t/o/[^"]+)"', page)
+    click = re.search(r'href="([^"]+/t/c/[^"]+)"', page)
+    assert pixel and click
+    opened = await client.get(html.unescape(pixel.group(1)).removeprefix(PUBLIC))
+    assert opened.status_code == 200 and opened.headers["content-type"] == "image/gif"
+    target = html.unescape(click.group(1)).removeprefix(PUBLIC)
+    followed = await client.get(target)
+    assert followed.status_code == 302
+    assert followed.headers["location"] == "https://acme.example/quote?id=7"
+    retargeted = target.replace("acme.example", "evil.example")
+    assert (await client.get(retargeted)).status_code == 404  # no open redirect
+
+    async def read() -> bool:
+        found = await messages(client, ws, lead_id)
+        return bool(found) and found[0]["status"] == "read"
+
+    await eventually(read)
+    bounced = await client.post(
+        f"/v1/channels/{email}/email-events",
+        json={"type": "complaint", "messageId": message_id},
+        headers=ws["h"],
+    )
+    assert bounced.status_code == 200, bounced.text
+    again = await client.post(
+        "/v1/leads/broadcast/quick-send",
+        json={
+            "leadIds": [lead_id],
+            "channel": "email",
+            "channelId": email,
+            "subject": "Hi",
+            "message": "x",
+        },
+        headers=ws["h"],
+    )
+    assert again.json()["results"][0]["reason"] == "suppressed"
+
+    async def on_the_lead() -> bool:
+        activity = await client.get(f"/v1/leads/{lead_id}/timeline", headers=ws["h"])
+        text = activity.text
+        return all(kind in text for kind in ("email_opened", "email_clicked", "email_spam"))
+
+    await eventually(on_the_lead)
