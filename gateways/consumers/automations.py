@@ -90,10 +90,25 @@ class AutomationViews:
         self.projector = projector
         self._cached: dict[UUID, Sequence[Automation]] = {}
         self._dirty: dict[UUID, int] = {}
+        self._ever: set[UUID] = set()
 
     def note(self, logged: LoggedEvent) -> None:
         if logged.workspace_id is not None and logged.event_type.startswith("automation."):
             self._dirty[logged.workspace_id] = logged.position
+            self._ever.add(logged.workspace_id)
+
+    async def ever_had(self, workspace_id: UUID) -> bool:
+        """Whether the workspace has (or had) an automation, so runs may exist: a message of
+        a workspace without any moves no run (its events need no loading)."""
+        if workspace_id in self._ever:
+            return True
+        async with self.projector.pool.acquire() as conn:
+            found = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM automations WHERE workspace_id = $1)", workspace_id
+            )
+        if found:
+            self._ever.add(workspace_id)
+        return bool(found)
 
     async def active_for(self, workspace_id: UUID) -> Sequence[Automation]:
         dirty = self._dirty.pop(workspace_id, None)
@@ -176,6 +191,11 @@ class AutomationReaction:
             self.automations.note(logged)
             if logged.event_type.startswith("channel."):
                 self.channels.forget(logged.event.originator_id)
+            return []
+        workspace = logged.workspace_id
+        # Runs exist only where automations do (the reaction saw their events first).
+        message = logged.event_type in MESSAGE_EVENTS and workspace is not None
+        if message and workspace is not None and not await self.automations.ever_had(workspace):
             return []
         return await self.messaging.react(logged)
 
