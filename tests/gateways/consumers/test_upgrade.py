@@ -33,7 +33,12 @@ async def test_an_upgraded_view_is_rebuilt_and_takes_over(
             return status.state == State.RUNNING
 
         assert await wait_until(running, 60)
-        assert worker.rebuilt == ["leads"]
+
+        async def recorded() -> bool:
+            # The swap makes the view run before the worker notes what it rebuilt.
+            return worker.rebuilt == ["leads"]
+
+        assert await wait_until(recorded, 10)
         assert upgraded.tables("leads")["leads"] == f"leads_v{V + 1}"
         after = await add(client, ws, "After the upgrade")
         assert await upgraded.wait_for("leads", after["position"], 10)
