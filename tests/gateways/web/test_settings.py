@@ -20,6 +20,7 @@ from tests.gateways.web.browsing import (
 )
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
 
 pytestmark = needs_chromium
 
@@ -224,8 +225,9 @@ def test_lead_type_with_a_webhook_action(page: Any, shop: dict[str, Any]) -> Non
     page.fill("input[name=name]", "Solar")
     action = page.locator("fieldset[data-action]").first
     action.locator("select[name=a0-type]").select_option("webhook")
-    assert action.locator("input[name=a0-url]").is_visible()
-    assert not action.locator("input[name=a0-subject]").is_visible()
+    # The form shows the chosen type's fields as it reacts to the change: wait for it.
+    expect(action.locator("input[name=a0-url]")).to_be_visible()
+    expect(action.locator("input[name=a0-subject]")).to_be_hidden()
     action.locator("select[name=a0-trigger]").select_option("received_not_duplicate")
     action.locator("input[name=a0-name]").fill("Copy to the CRM")
     action.locator("input[name=a0-url]").fill("ftp://crm.example/hook")
