@@ -14,6 +14,7 @@ import uvloop
 
 from bench.board import bench_board
 from bench.deliveries import bench_deliveries
+from bench.end_to_end import bench_end_to_end
 from bench.ingest import bench_ingest
 from bench.messages import bench_messages
 from bench.nats_bulk import bench_nats_bulk
@@ -42,6 +43,7 @@ def main() -> int:
         schema = f"bench_{uuid.uuid4().hex[:8]}"
         library_rate = asyncio.run(run_store_benchmarks(report, database_url, schema))
         asyncio.run(bench_ingest(report, database_url, nats_url, library_rate))
+        asyncio.run(bench_end_to_end(report, database_url, nats_url, library_rate))
         asyncio.run(bench_nats_bulk(report, database_url, nats_url))
         asyncio.run(run_projection_benchmarks(report, database_url))
         # on uvloop, as `leadlog up` and `leadlog serve` run the engine

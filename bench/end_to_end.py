@@ -1,0 +1,178 @@
+"""The engine as users run it: `leadlog up` (HTTP and every worker) under wrk, leads to an
+inbound webhook, until they are on the board.
+
+wrk (Debian's, installed by `make bench`) keeps 64 keep-alive connections busy for a fixed
+time posting distinct leads to one inbound webhook; its Lua script numbers each request so
+no two leads share an email or phone. Reported: leads accepted per second (2xx answers),
+p50/p99 latency, how long after the load ended the last lead reached the board (the board's
+lag), leads per second visible on the board (accepted leads over load time plus lag), and
+the ratio to the eventsourcing library's own application saving one aggregate per lead on
+the same database in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+import asyncpg
+import httpx
+
+from bench.ingest import TOKEN, start_api
+from bench.report import Report
+
+CONNECTIONS = 64
+SECONDS = 10
+THREADS = 2
+
+LUA = r"""
+local counter = 0
+local thread_id = 0
+local threads = {}
+
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  thread_id = id
+end
+
+request = function()
+  counter = counter + 1
+  local n = thread_id * 100000000 + counter
+  local body = string.format(
+    '{"name":"Load %d","email":"load%d@bench.test","phone":"+1%010d","company":"Bench Co",' ..
+    '"customFields":{"budget":%d}}', n, n, 2000000000 + n, n % 5000)
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+end
+
+done = function(summary, latency, requests)
+  io.write(string.format("BENCH p50=%f p99=%f requests=%d errors_status=%d\n",
+    latency:percentile(50), latency:percentile(99), summary.requests, summary.errors.status))
+end
+"""
+
+
+def _script() -> str:
+    """The Lua script, in a file of its own (wrk reads it by path)."""
+    fd, path = tempfile.mkstemp(suffix=".lua")
+    with os.fdopen(fd, "w") as file:
+        file.write(LUA)
+    return path
+
+
+def _wrk() -> str:
+    found = shutil.which("wrk")
+    if found is None:
+        raise RuntimeError("wrk is not installed: `make bench` installs it (apt-get install wrk)")
+    return found
+
+
+async def _board_total(conn: asyncpg.Connection, schema: str, workspace: str) -> int:
+    value = await conn.fetchval(
+        f"SELECT count(*) FROM {schema}.leads WHERE workspace_id = $1::uuid", workspace
+    )
+    return int(value or 0)
+
+
+async def bench_end_to_end(
+    report: Report, database_url: str, nats_url: str, library_rate: float
+) -> float:
+    """Leads/s visible on the board under wrk against `leadlog up`; the figure returned."""
+    wrk = _wrk()
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    process, port = start_api(database_url, nats_url, schema, "up")
+    script = _script()
+    conn = await asyncpg.connect(database_url)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        operator = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=base, headers=operator, timeout=30) as client:
+            workspace = (await client.post("/v1/workspaces", json={"name": "bench"})).json()["id"]
+            token = (
+                await client.post(f"/v1/workspaces/{workspace}/tokens", json={"role": "manager"})
+            ).json()["token"]
+            hook = (
+                await client.post(
+                    "/v1/lead-webhooks",
+                    json={"name": "Load"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            ).json()
+        url = f"{base}/webhooks/leads/{hook['apiKey']}"
+        started = time.monotonic()
+        run = await asyncio.to_thread(
+            subprocess.run,
+            [
+                wrk,
+                f"-t{THREADS}",
+                f"-c{CONNECTIONS}",
+                f"-d{SECONDS}s",
+                "--latency",
+                "-s",
+                script,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        load_ended = time.monotonic()
+        found = re.search(
+            r"BENCH p50=([\d.]+) p99=([\d.]+) requests=(\d+) errors_status=(\d+)", run.stdout
+        )
+        if found is None:
+            raise RuntimeError(f"wrk said nothing usable:\n{run.stdout}\n{run.stderr}")
+        p50_us, p99_us = float(found.group(1)), float(found.group(2))
+        requests, failed = int(found.group(3)), int(found.group(4))
+        accepted = requests - failed
+        while await _board_total(conn, schema, workspace) < accepted:
+            if time.monotonic() - load_ended > 120:
+                raise RuntimeError("the board did not catch up within 120 s")
+            await asyncio.sleep(0.05)
+        visible_at = time.monotonic()
+    finally:
+        process.terminate()
+        process.wait(30)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+        os.unlink(script)
+    load_seconds = load_ended - started
+    accepted_rate = accepted / load_seconds
+    visible_rate = accepted / (visible_at - started)
+    lag = visible_at - load_ended
+    note = f"leadlog up, wrk {CONNECTIONS} connections, {accepted:,} leads, {failed} non-2xx"
+    report.add(
+        "End to end: leads accepted (wrk → inbound webhook)", accepted_rate, "leads/s", note=note
+    )
+    report.add("End to end: leads visible on the board", visible_rate, "leads/s", at_least=3000)
+    report.add("End to end: board lag after the load", lag * 1000, "ms")
+    report.add("End to end: HTTP p50", p50_us / 1000, "ms")
+    report.add("End to end: HTTP p99", p99_us / 1000, "ms", at_most=50)
+    report.add(
+        "ratio: end to end on the board / eventsourcing application saves",
+        visible_rate / library_rate,
+        "x",
+        at_least=4,
+    )
+    return visible_rate
+
+
+if __name__ == "__main__":  # against LEADLOG_DATABASE_URL / LEADLOG_NATS_URL
+
+    async def _main() -> None:
+        report = Report()
+        await bench_end_to_end(
+            report, os.environ["LEADLOG_DATABASE_URL"], os.environ["LEADLOG_NATS_URL"], 700.0
+        )
+        report.print()
+
+    asyncio.run(_main())
