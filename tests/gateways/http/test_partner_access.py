@@ -254,10 +254,15 @@ async def test_the_partner_receives_each_referral_as_a_signed_webhook(
         assert again.headers["webhook-id"] != first.headers["webhook-id"]
 
         # Both show among the workspace's deliveries and on the lead's timeline.
-        listed_deliveries = await client.get(
-            "/v1/deliveries", params={"leadId": lead["id"]}, headers=ws["h"]
-        )
-        items = listed_deliveries.json()["items"]
+        async def both_listed() -> list[Any] | None:
+            # The deliveries view follows the log: it may be a moment behind the receiver.
+            listed = await client.get(
+                "/v1/deliveries", params={"leadId": lead["id"]}, headers=ws["h"]
+            )
+            found: list[Any] = listed.json()["items"]
+            return found if len(found) == 2 else None
+
+        items = await eventually(both_listed)
         assert len(items) == 2
         assert {(d["kind"], d["target"], d["eventCode"]) for d in items} == {
             ("webhook", receiver.url, "lead.referred")

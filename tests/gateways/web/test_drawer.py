@@ -198,6 +198,10 @@ def test_assign_status_convert_delete_restore(page: Any, shop: dict[str, Any]) -
     assert lead_api(shop, lead_id)["deleted"] is False
 
 
+# Run with the slow tests: under the full parallel suite its live update (pushed over the
+# event stream to a browser driving a separate `leadlog up`) has missed its 15 s wait; on
+# its own, and with the slow tests, it passes.
+@pytest.mark.slow
 def test_the_timeline_toggle_and_older_entries(page: Any, shop: dict[str, Any]) -> None:
     lead_id = shop["leads"][2]
     for n in range(22):
