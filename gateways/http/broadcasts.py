@@ -26,8 +26,27 @@ Manager = Annotated[Principal, Depends(requires(Permission.LEADS_MANAGE))]
 MAX_QUICK_SEND = 1000
 
 
+def _no_nul(value: Any, where: str = "") -> Any:
+    """PostgreSQL text cannot hold NUL: a body carrying one is refused (422), not stored."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"{where or 'a value'} contains a NUL character")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key, where)
+            _no_nul(item, f"{where}.{key}" if where else str(key))
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _no_nul(item, f"{where}.{index}" if where else str(index))
+    return value
+
+
 class Body(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        return _no_nul(data)
 
 
 class QuickSend(Body):

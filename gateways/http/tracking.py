@@ -15,13 +15,13 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from domain.channels import Channel, ChannelType
 from domain.messages import Message, MessageStatus
 from domain.workspaces import Permission
 from gateways.http.auth import engine_of, requires, workspace_of
+from gateways.http.broadcasts import Body
 from gateways.http.errors import ApiError
 from gateways.outbound.message_worker import CLICK, OPEN, UNSUBSCRIBE, TrackingLinks
 from handlers.workspaces import Principal
@@ -106,9 +106,7 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-class EmailEvent(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
+class EmailEvent(Body):
     type: Literal["bounce", "complaint", "reply"]
     message_id: UUID
     # A hard bounce (the address does not exist) also suppresses it.
