@@ -166,7 +166,10 @@ def test_inbound_webhook_settings(page: Any, shop: dict[str, Any]) -> None:
     page.wait_for_url("**/")
     page.goto("/settings/webhooks")
     page.fill("form[data-create-webhook] input[name=name]", "Landing page")
-    page.click("form[data-create-webhook] button[type=submit]")
+    with page.expect_navigation():
+        page.click("form[data-create-webhook] button[type=submit]")
+    # The copy button works once settings.js has bound it, at DOMContentLoaded.
+    page.wait_for_load_state("domcontentloaded")
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     page.click("[data-copy-button]")
     playwright_sync.expect(page.locator("[data-copy-status]")).to_have_text("Copied.")
