@@ -28,7 +28,12 @@ def messaging_workers(engine: Engine) -> list[Worker]:
     """Automations (the reaction and its timers) and the message sender."""
     messaging, channels, automations = engine.messaging_parts
     return [
-        Reactor(engine.log, engine.store, AutomationReaction(messaging, channels, automations)),
+        Reactor(
+            engine.log,
+            engine.store,
+            AutomationReaction(messaging, channels, automations),
+            tail=engine.projector.tail,
+        ),
         AutomationTimers(messaging, engine.projector, interval=engine.settings.timer_interval),
         MessageWorker(engine, channels),
         BroadcastQueuer(messaging, engine.store),
@@ -49,8 +54,10 @@ def build_workers(engine: Engine) -> list[Worker]:
     return [
         engine.projector,
         UpgradeRebuilds(engine.projector),
-        Reactor(engine.log, engine.store, release),
-        ActionWorkers(engine.log, engine.store, ActionRunner(engine.store)),
+        Reactor(engine.log, engine.store, release, tail=engine.projector.tail),
+        ActionWorkers(
+            engine.log, engine.store, ActionRunner(engine.store), tail=engine.projector.tail
+        ),
         AbandonmentTimers(engine.projector, engine.store, interval=engine.settings.timer_interval),
         delivery_worker(engine),
         SubmissionWorker(engine),

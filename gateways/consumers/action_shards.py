@@ -28,6 +28,7 @@ from gateways.consumers.reactor import record_consumer_error, resolve_consumer_e
 from gateways.postgres.errors import after_failure, describe, is_unavailable
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog, Record
+from gateways.postgres.log_tail import LogTail, TailEntry
 from handlers.actions import ActionRunner
 from handlers.ports import Append, Checkpoint, ConcurrencyConflict, TrackingConflict
 
@@ -53,10 +54,16 @@ class ActionWorkers:
     """`gateways.workers.Worker`: the action runner's shards."""
 
     def __init__(
-        self, log_store: PostgresLog, store: PostgresEventStore, runner: ActionRunner
+        self,
+        log_store: PostgresLog,
+        store: PostgresEventStore,
+        runner: ActionRunner,
+        *,
+        tail: LogTail | None = None,
     ) -> None:
         self.log = log_store
         self.store = store
+        self.tail = tail if tail is not None else LogTail.direct(log_store, store)
         self.runner = runner
         self.positions = [0] * SHARDS
         self.errors: list[str | None] = [None] * SHARDS
@@ -82,7 +89,7 @@ class ActionWorkers:
 
     async def _run(self, shard: int) -> None:
         consumer = consumer_name(shard)
-        types = sorted(TRIGGERING_EVENT_TYPES)
+        types = TRIGGERING_EVENT_TYPES
         loop = asyncio.get_running_loop()
         pause = MIN_BACKOFF
         loaded = False
@@ -96,23 +103,23 @@ class ActionWorkers:
                     last_commit = loop.time()
                     loaded = True
                 head = await self.log.max_position()
-                records = await self.log.read(position, BATCH, stop=head, event_types=types)
-                if records:
+                read = await self.tail.entries(position, BATCH, stop=head, event_types=types)
+                if read.entries:
                     recovering = self.errors[shard] is not None
                     position = persisted = await self._handle_batch(
-                        shard, consumer, position, records
+                        shard, consumer, position, read.entries
                     )
                     last_commit = loop.time()
                     if recovering:
                         await self._resolve_errors(consumer, position)
-                if len(records) < BATCH:
+                if not read.full:
                     # Positions become visible in order (the append lock): no triggering
-                    # event can still appear at or below `head`, so the shard is there.
-                    position = max(position, head)
+                    # event can still appear at or below what the read covered.
+                    position = max(position, read.upto)
                 self.positions[shard] = position
                 self.errors[shard] = None
                 pause = MIN_BACKOFF
-                if records:
+                if read.entries or position < head:
                     continue
                 if position > persisted and loop.time() - last_commit >= self.idle_flush:
                     # Lazily, past events this shard does not act on: no lag while idle.
@@ -142,15 +149,16 @@ class ActionWorkers:
                 loaded = False
 
     async def _handle_batch(
-        self, shard: int, consumer: str, position: int, records: list[Record]
+        self, shard: int, consumer: str, position: int, entries: list[TailEntry]
     ) -> int:
-        """Decide the shard's events of `records`; the position reached (checkpointed)."""
+        """Decide the shard's events of `entries`; the position reached (checkpointed)."""
         checkpointed = position
-        for record in records:
+        for entry in entries:
+            record = entry.record
             if shard_of(record) != shard:
                 continue
             try:
-                wrote = await self._handle(consumer, record)
+                wrote = await self._handle(consumer, entry)
             except TrackingConflict:
                 # Another process runs this shard too and got here first: what it decided
                 # stands; the loop carries on from where it has got to.
@@ -166,15 +174,16 @@ class ActionWorkers:
             if wrote:
                 checkpointed = position
             self.positions[shard] = position
-        last = records[-1].position
-        if last > checkpointed:
-            await self._checkpoint(records[-1], consumer, last)
-        self.positions[shard] = last
-        return last
+        last = entries[-1].record
+        if last.position > checkpointed:
+            await self._checkpoint(last, consumer, last.position)
+        self.positions[shard] = last.position
+        return last.position
 
-    async def _handle(self, consumer: str, record: Record) -> bool:
+    async def _handle(self, consumer: str, entry: TailEntry) -> bool:
         """Decide one event and append it with the checkpoint; False when nothing to do."""
-        logged = self.store.logged(record)
+        record = entry.record
+        logged = entry.logged()
         for _ in range(MAX_CONFLICT_RETRIES):
             append = await self.runner.decide(logged)
             if append is None:

@@ -38,6 +38,7 @@ from gateways.postgres.codec import EventDecodeError
 from gateways.postgres.errors import after_failure, connection_alive, is_unavailable
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog, Record
+from gateways.postgres.log_tail import LogTail
 from handlers.ports import Checkpoint, TrackingConflict
 from projections.base import Projection, Tables
 
@@ -52,6 +53,8 @@ class RunnerHost(Protocol):
     pool: asyncpg.Pool
     log: PostgresLog
     store: PostgresEventStore
+    tail: LogTail
+    """This process's decoded recent events, shared by its consumers."""
     batch_size: int
     poll_interval: float
     idle_flush: float
@@ -144,6 +147,7 @@ class Runner:
         self._last_commit = 0.0
         types = projection.event_types
         self._types = sorted(types) if types is not None else None
+        self._type_set = frozenset(types) if types is not None else None
         self.lock_key = consumer_lock_key(host.log.schema, consumer)
 
     # ---- control ------------------------------------------------------------------------
@@ -299,6 +303,18 @@ class Runner:
             head = min(head, self.until)
         if head <= after:
             return None
+        if self._types is not None and not self._types:
+            return _Batch(upto=head, full=False)
+        served = await host.tail.read(after, host.batch_size, stop=head, event_types=self._type_set)
+        if served is not None:
+            batch = _Batch(upto=served.upto, full=served.full)
+            for entry in served.entries:
+                if entry.event is None:
+                    assert entry.error is not None
+                    batch.undecodable = (entry.record, entry.error)
+                    break
+                batch.events.append(entry.event)
+            return batch
         records: list[Record] = []
         if self._types is None or self._types:
             records = await host.log.read(

@@ -2,6 +2,7 @@
 
 Each projection runs in its own `projection_runner.Runner`, whose batch transactions carry
 the projection's writes and its checkpoint together, under the consumer's advisory lock.
+The runners take their events from one `LogTail` (read and decoded once for all of them).
 
 A failing event stops its projection (only that one) with the event's position recorded in
 `consumer_errors`; everything before it is committed. An operator restarts it once the
@@ -32,6 +33,7 @@ from gateways.consumers.projection_runner import Runner
 from gateways.postgres.errors import connection_alive
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog
+from gateways.postgres.log_tail import LogTail
 from handlers.ports import Checkpoint
 from projections.base import Projection, Tables, check_identifier
 
@@ -51,6 +53,7 @@ class Projector:
         *,
         poll_interval: float | None = None,
         idle_flush: float = 1.0,
+        tail: LogTail | None = None,
     ) -> None:
         """`idle_flush`: how long a checkpoint advanced only past events a projection does
         not read may stay uncommitted (in-process `wait_for` sees it at once; other
@@ -60,6 +63,7 @@ class Projector:
         self.pool = pool
         self.log = log
         self.store = store
+        self.tail = tail if tail is not None else LogTail(log, store)
         self.batch_size = batch_size
         self.poll_interval = log.poll_interval if poll_interval is None else poll_interval
         self.idle_flush = idle_flush

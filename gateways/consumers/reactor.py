@@ -14,6 +14,7 @@ from domain.base import DomainEvent, LoggedEvent
 from gateways.postgres.errors import after_failure, describe, is_unavailable
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog
+from gateways.postgres.log_tail import LogTail
 from handlers.ports import Append, Checkpoint, ConcurrencyConflict, TrackingConflict
 
 log = structlog.get_logger(__name__)
@@ -53,9 +54,11 @@ class Reactor:
         idle_flush: float = IDLE_FLUSH,
         min_backoff: float = MIN_BACKOFF,
         max_backoff: float = MAX_BACKOFF,
+        tail: LogTail | None = None,
     ) -> None:
         self.log = log_store
         self.store = store
+        self.tail = tail if tail is not None else LogTail.direct(log_store, store)
         self.reaction = reaction
         self.consumer = f"reaction:{reaction.name}"
         self.idle_flush = idle_flush
@@ -117,12 +120,13 @@ class Reactor:
     async def _step(self) -> None:
         generation = self.log.generation
         head = await self.log.max_position()
-        records = await self.log.read(
-            self.position, BATCH, stop=head, event_types=sorted(self.reaction.event_types)
+        read = await self.tail.entries(
+            self.position, BATCH, stop=head, event_types=self.reaction.event_types
         )
-        for record in records:
+        for entry in read.entries:
+            record = entry.record
             try:
-                await self._handle(self.store.logged(record))
+                await self._handle(entry.logged())
             except TrackingConflict:
                 raise
             except Exception as error:
@@ -136,15 +140,14 @@ class Reactor:
             if self._failing_at is not None and record.position >= self._failing_at:
                 await resolve_consumer_errors(self.log.pool, self.consumer, record.position)
                 self._failing_at = None
-        if records:
+        if read.entries:
             loop_time = asyncio.get_running_loop().time()
             if self.position > self.persisted and loop_time - self._last_commit >= self.idle_flush:
                 await self._checkpoint(self.position)
-        if len(records) < BATCH:
-            # Positions become visible in order (the append lock): nothing this reaction
-            # reads can still appear at or below `head`.
-            self.position = max(self.position, head)
-        if records:
+        # Positions become visible in order (the append lock): nothing this reaction reads
+        # can still appear at or below what the read covered.
+        self.position = max(self.position, read.upto)
+        if read.full or read.upto < head:
             return
         idle = asyncio.get_running_loop().time() - self._last_commit
         if self.position > self.persisted and idle >= self.idle_flush:
