@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     nats_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # `leadlog up`: processes serving HTTP on that port (the first also runs the workers);
+    # unset: one per CPU core.
+    processes: int | None = Field(default=None, ge=1)
     data_dir: Path = Path(".leadlog")
     admin_token: str | None = None
     # Postgres schema holding every table; tests give each test its own.

@@ -92,8 +92,12 @@ def engine_process(servers: Servers, **extra: str) -> Iterator[EngineProcess]:
         LEADLOG_NATS_PREFIX=f"t{uuid.uuid4().hex[:12]}",
         LEADLOG_ADMIN_TOKEN=token,
         LEADLOG_LOG_LEVEL="warning",
-        **extra,
+        # One process: these tests exercise the app, not the process count
+        # (tests/gateways/cli/test_processes.py does); more would multiply each test
+        # engine's CPU and connections on a 2-core runner.
+        LEADLOG_PROCESSES="1",
     )
+    env.update(extra)
     log = data_dir / "stderr.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
