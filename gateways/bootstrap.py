@@ -19,6 +19,7 @@ from gateways.postgres.database import open_pool
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog
 from gateways.settings import Settings
+from gateways.webhook_keys import WebhookKeys
 from handlers.intake import LeadIntake
 from handlers.messaging import Messaging
 from handlers.workspaces import Authenticator
@@ -89,10 +90,17 @@ class Engine:
     def messaging(self) -> Messaging:
         return self.messaging_parts[0]
 
+    @functools.cached_property
+    def webhook_keys(self) -> WebhookKeys:
+        """Inbound webhook keys from memory, kept current from the log (one per process)."""
+        return WebhookKeys(self.store)
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if "webhook_keys" in self.__dict__:
+            await self.webhook_keys.close()
         await self.projector.stop()
         await self.log.close()
         if not self.nats.is_closed:

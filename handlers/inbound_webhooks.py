@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
@@ -194,12 +194,13 @@ async def delete_webhook(store: EventStore, workspace_id: UUID, webhook_id: UUID
     return appended.position
 
 
-_WEBHOOK_EVENTS = [
+# Every event of an inbound webhook: what a reader of its settings or its key must follow.
+WEBHOOK_EVENT_TYPES = (
     "inbound_webhook.created",
     "inbound_webhook.updated",
     "inbound_webhook.key_regenerated",
     "inbound_webhook.deleted",
-]
+)
 
 
 async def list_webhooks_from_log(
@@ -208,7 +209,9 @@ async def list_webhooks_from_log(
     """The workspace's webhooks, folded straight from the log until a read model exists."""
     found: dict[UUID, WebhookView] = {}
     after = 0
-    while page := await store.read(after, page_size, _WEBHOOK_EVENTS, workspace_id=workspace_id):
+    while page := await store.read(
+        after, page_size, WEBHOOK_EVENT_TYPES, workspace_id=workspace_id
+    ):
         for logged in page:
             event, at = logged.event, logged.event.timestamp
             if logged.workspace_id != workspace_id:
@@ -253,22 +256,40 @@ class Ingested:
     webhook_id: UUID
 
 
-class WebhookIntake:
-    """Receiving a lead posted to a webhook's URL: authenticate by key, map, hand to intake."""
+# Finds the webhook holding the key with a given SHA-256 digest, in whatever state it is.
+WebhookResolver = Callable[[str], Awaitable[InboundWebhook | None]]
 
-    def __init__(self, store: EventStore, intake: LeadIntake) -> None:
+
+async def webhook_by_digest(store: EventStore, digest: str) -> InboundWebhook | None:
+    """The webhook whose key has SHA-256 `digest`, as the log has it now (active or not);
+    None when no webhook holds that key (never issued, regenerated away, deleted)."""
+    webhook_id = await store.holder(webhook_key(digest))
+    return await store.load(InboundWebhook, webhook_id) if webhook_id is not None else None
+
+
+class WebhookIntake:
+    """Receiving a lead posted to a webhook's URL: authenticate by key, map, hand to intake.
+
+    `resolve` finds the webhook by its key's digest; by default it asks the store each time
+    (a gateway may answer from memory instead, e.g. a cache kept current from the log).
+    """
+
+    def __init__(
+        self, store: EventStore, intake: LeadIntake, resolve: WebhookResolver | None = None
+    ) -> None:
         self.store = store
         self.intake = intake
+        self.resolve = resolve
 
     async def authenticate(self, api_key: str) -> InboundWebhook:
         """The active webhook this key opens; UnknownWebhookKey alike for every failure."""
         if not api_key.startswith(KEY_PREFIX):
             raise UnknownWebhookKey("the API key is not valid")
         digest = hash_key(api_key)
-        webhook_id = await self.store.holder(webhook_key(digest))
-        webhook = (
-            await self.store.load(InboundWebhook, webhook_id) if webhook_id is not None else None
-        )
+        if self.resolve is not None:
+            webhook = await self.resolve(digest)
+        else:
+            webhook = await webhook_by_digest(self.store, digest)
         if (
             webhook is None
             or webhook.deleted

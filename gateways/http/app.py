@@ -33,6 +33,7 @@ from gateways.http import (
     workspaces,
 )
 from gateways.http.errors import JsonResponse, install_error_handlers
+from gateways.http.fast_path import LeadlogApi
 from gateways.http.middleware import BodyLimit, RequestContext
 from gateways.postgres.errors import RETRY_AFTER_SECONDS, describe, is_unavailable
 from gateways.status import refresh_metrics, stopped_consumers
@@ -40,7 +41,9 @@ from gateways.web.app import mount_web
 
 
 def create_app(engine: Engine) -> FastAPI:
-    app = FastAPI(
+    """The API and the web app; `POST /webhooks/leads/<key>` takes the fast path in front
+    of the router (`gateways.http.fast_path`), under the same middleware and handlers."""
+    app = LeadlogApi(
         title="leadlog",
         version="0.1.0",
         description="Event-sourced lead processing engine.",

@@ -206,9 +206,10 @@ async def update_webhook(webhook_id: UUID, request: Request, caller: Manager) ->
     """Change the name, field mapping, pinned format (null: detect) or whether it is active."""
     workspace_id = workspace_of(caller, request)
     body: UpdateWebhook = await _settings(request, UpdateWebhook)
+    engine = engine_of(request)
     try:
         view, position = await commands.update_webhook(
-            engine_of(request).store,
+            engine.store,
             workspace_id,
             webhook_id,
             name=body.name,
@@ -220,6 +221,7 @@ async def update_webhook(webhook_id: UUID, request: Request, caller: Manager) ->
         raise _not_found(error) from None
     except InvalidFieldMapping as error:
         raise _mapping_error(error) from None
+    await engine.webhook_keys.changed(webhook_id, position)
     return {**webhook_json(view), "position": position}
 
 
@@ -227,10 +229,12 @@ async def update_webhook(webhook_id: UUID, request: Request, caller: Manager) ->
 async def delete_webhook(webhook_id: UUID, request: Request, caller: Manager) -> dict[str, Any]:
     """The URL stops working at once; the leads it brought in stay."""
     workspace_id = workspace_of(caller, request)
+    engine = engine_of(request)
     try:
-        position = await commands.delete_webhook(engine_of(request).store, workspace_id, webhook_id)
+        position = await commands.delete_webhook(engine.store, workspace_id, webhook_id)
     except WebhookNotFound as error:
         raise _not_found(error) from None
+    await engine.webhook_keys.changed(webhook_id, position)
     return {"id": str(webhook_id), "deleted": True, "position": position}
 
 
@@ -238,10 +242,12 @@ async def delete_webhook(webhook_id: UUID, request: Request, caller: Manager) ->
 async def regenerate_key(webhook_id: UUID, request: Request, caller: Manager) -> dict[str, Any]:
     """A new `apiKey` and `url`; the old URL stops working at once."""
     workspace_id = workspace_of(caller, request)
+    engine = engine_of(request)
     try:
-        created = await commands.regenerate_key(engine_of(request).store, workspace_id, webhook_id)
+        created = await commands.regenerate_key(engine.store, workspace_id, webhook_id)
     except WebhookNotFound as error:
         raise _not_found(error) from None
+    await engine.webhook_keys.changed(webhook_id, created.position)
     return with_key_json(request, created)
 
 
@@ -263,8 +269,15 @@ def _expand_embedded_json(data: dict[str, Any]) -> dict[str, Any]:
 )
 async def receive_lead(api_key: str, request: Request) -> JsonResponse:
     """Post one lead as JSON or form fields; the format is recognised from the payload."""
+    return await ingest(api_key, request)
+
+
+async def ingest(api_key: str, request: Request) -> JsonResponse:
+    """The work of `POST /webhooks/leads/{apiKey}`, for the route above and for the fast
+    path (`gateways.http.fast_path`) that serves it without routing; errors are raised as
+    the route raises them, for the app's handlers to answer."""
     engine = engine_of(request)
-    intake = WebhookIntake(engine.store, engine.intake)
+    intake = WebhookIntake(engine.store, engine.intake, engine.webhook_keys.resolve)
     try:
         webhook = await intake.authenticate(api_key)
     except UnknownWebhookKey:

@@ -170,7 +170,7 @@ async def save(webhook_id: UUID, request: Request, signed: Signed) -> Response:
         errors["mapping"] = "Each incoming key may be mapped once."
     if not errors:
         try:
-            await commands.update_webhook(
+            _, position = await commands.update_webhook(
                 web_of(request).engine.store,
                 signed.workspace_id,
                 webhook_id,
@@ -182,6 +182,8 @@ async def save(webhook_id: UUID, request: Request, signed: Signed) -> Response:
             errors["page"] = str(error)
         except InvalidFieldMapping as error:
             errors["mapping"] = str(error)
+        else:
+            await web_of(request).engine.webhook_keys.changed(webhook_id, position)
     if errors:
         return await render_one(request, signed, webhook_id, errors=errors, rows=rows, status=422)
     return RedirectResponse(f"/settings/webhooks/{webhook_id}?saved=1", status_code=303)
@@ -229,6 +231,7 @@ async def regenerate(webhook_id: UUID, request: Request, signed: Signed) -> Resp
         )
     except WebhookNotFound:
         return RedirectResponse("/settings/webhooks", status_code=303)
+    await web_of(request).engine.webhook_keys.changed(webhook_id, created.position)
     return await render_one(request, signed, webhook_id, new_key=created)
 
 
@@ -237,5 +240,7 @@ async def delete(webhook_id: UUID, request: Request, signed: Signed) -> Response
     if not can_manage(signed):
         return refused(request, signed)
     with contextlib.suppress(WebhookNotFound):
-        await commands.delete_webhook(web_of(request).engine.store, signed.workspace_id, webhook_id)
+        engine = web_of(request).engine
+        position = await commands.delete_webhook(engine.store, signed.workspace_id, webhook_id)
+        await engine.webhook_keys.changed(webhook_id, position)
     return RedirectResponse("/settings/webhooks", status_code=303)
