@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
@@ -30,10 +31,16 @@ from bench.report import Report
 CONNECTIONS = 64
 SECONDS = 10
 THREADS = 2
+# The paced run: each connection waits this long before each request (wrk's `delay` hook;
+# wrk has no rate option and Debian has no wrk2), so PACED_CONNECTIONS / (delay + latency)
+# comes out near 1,000 requests/s while latency stays low. The rate reached is reported.
+PACED_CONNECTIONS = 64
+PACED_DELAY_MS = 45
 
 LUA = r"""
 local counter = 0
 local thread_id = 0
+local base = 0
 local threads = {}
 
 function setup(thread)
@@ -43,11 +50,12 @@ end
 
 function init(args)
   thread_id = id
+  base = tonumber(args[1] or "0")
 end
 
 request = function()
   counter = counter + 1
-  local n = thread_id * 100000000 + counter
+  local n = base + thread_id * 100000000 + counter
   local body = string.format(
     '{"name":"Load %d","email":"load%d@bench.test","phone":"+1%010d","company":"Bench Co",' ..
     '"customFields":{"budget":%d}}', n, n, 2000000000 + n, n % 5000)
@@ -60,12 +68,21 @@ done = function(summary, latency, requests)
 end
 """
 
+PACED = (
+    LUA
+    + f"""
+function delay()
+  return {PACED_DELAY_MS}
+end
+"""
+)
 
-def _script() -> str:
-    """The Lua script, in a file of its own (wrk reads it by path)."""
+
+def _script(text: str) -> str:
+    """A Lua script in a file of its own (wrk reads it by path)."""
     fd, path = tempfile.mkstemp(suffix=".lua")
     with os.fdopen(fd, "w") as file:
-        file.write(LUA)
+        file.write(text)
     return path
 
 
@@ -74,6 +91,52 @@ def _wrk() -> str:
     if found is None:
         raise RuntimeError("wrk is not installed: `make bench` installs it (apt-get install wrk)")
     return found
+
+
+@dataclass(frozen=True)
+class _Run:
+    p50_ms: float
+    p99_ms: float
+    accepted: int
+    failed: int
+    seconds: float
+
+
+async def _load(wrk: str, script: str, url: str, connections: int, numbering: int) -> _Run:
+    """One wrk run of SECONDS against `url`; leads numbered from `numbering` (distinct)."""
+    started = time.monotonic()
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [
+            wrk,
+            f"-t{THREADS}",
+            f"-c{connections}",
+            f"-d{SECONDS}s",
+            "--latency",
+            "-s",
+            script,
+            url,
+            "--",
+            str(numbering),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seconds = time.monotonic() - started
+    found = re.search(
+        r"BENCH p50=([\d.]+) p99=([\d.]+) requests=(\d+) errors_status=(\d+)", run.stdout
+    )
+    if found is None:
+        raise RuntimeError(f"wrk said nothing usable:\n{run.stdout}\n{run.stderr}")
+    requests, failed = int(found.group(3)), int(found.group(4))
+    return _Run(
+        float(found.group(1)) / 1000,
+        float(found.group(2)) / 1000,
+        requests - failed,
+        failed,
+        seconds,
+    )
 
 
 async def _board_total(conn: asyncpg.Connection, schema: str, workspace: str) -> int:
@@ -90,7 +153,7 @@ async def bench_end_to_end(
     wrk = _wrk()
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     process, port = start_api(database_url, nats_url, schema, "up")
-    script = _script()
+    saturating, paced = _script(LUA), _script(PACED)
     conn = await asyncpg.connect(database_url)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -108,55 +171,45 @@ async def bench_end_to_end(
                 )
             ).json()
         url = f"{base}/webhooks/leads/{hook['apiKey']}"
-        started = time.monotonic()
-        run = await asyncio.to_thread(
-            subprocess.run,
-            [
-                wrk,
-                f"-t{THREADS}",
-                f"-c{CONNECTIONS}",
-                f"-d{SECONDS}s",
-                "--latency",
-                "-s",
-                script,
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        full = await _load(wrk, saturating, url, CONNECTIONS, 0)
         load_ended = time.monotonic()
-        found = re.search(
-            r"BENCH p50=([\d.]+) p99=([\d.]+) requests=(\d+) errors_status=(\d+)", run.stdout
-        )
-        if found is None:
-            raise RuntimeError(f"wrk said nothing usable:\n{run.stdout}\n{run.stderr}")
-        p50_us, p99_us = float(found.group(1)), float(found.group(2))
-        requests, failed = int(found.group(3)), int(found.group(4))
-        accepted = requests - failed
-        while await _board_total(conn, schema, workspace) < accepted:
+        while await _board_total(conn, schema, workspace) < full.accepted:
             if time.monotonic() - load_ended > 120:
                 raise RuntimeError("the board did not catch up within 120 s")
             await asyncio.sleep(0.05)
         visible_at = time.monotonic()
+        steady = await _load(wrk, paced, url, PACED_CONNECTIONS, 1_000_000_000)
     finally:
         process.terminate()
         process.wait(30)
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await conn.close()
-        os.unlink(script)
-    load_seconds = load_ended - started
-    accepted_rate = accepted / load_seconds
-    visible_rate = accepted / (visible_at - started)
+        os.unlink(saturating)
+        os.unlink(paced)
+    accepted_rate = full.accepted / full.seconds
+    visible_rate = full.accepted / (visible_at - load_ended + full.seconds)
     lag = visible_at - load_ended
-    note = f"leadlog up, wrk {CONNECTIONS} connections, {accepted:,} leads, {failed} non-2xx"
+    note = (
+        f"leadlog up, wrk {CONNECTIONS} connections, {full.accepted:,} leads, {full.failed} non-2xx"
+    )
     report.add(
         "End to end: leads accepted (wrk → inbound webhook)", accepted_rate, "leads/s", note=note
     )
     report.add("End to end: leads visible on the board", visible_rate, "leads/s", at_least=3000)
     report.add("End to end: board lag after the load", lag * 1000, "ms")
-    report.add("End to end: HTTP p50", p50_us / 1000, "ms")
-    report.add("End to end: HTTP p99", p99_us / 1000, "ms", at_most=50)
+    report.add("End to end: HTTP p50 at full load", full.p50_ms, "ms")
+    report.add("End to end: HTTP p99 at full load", full.p99_ms, "ms")
+    report.add(
+        "End to end: HTTP p99 near 1,000 leads/s",
+        steady.p99_ms,
+        "ms",
+        at_most=50,
+        note=(
+            f"{steady.accepted / steady.seconds:,.0f} leads/s reached, p50 "
+            f"{steady.p50_ms:.1f} ms ({PACED_CONNECTIONS} connections, {PACED_DELAY_MS} ms "
+            f"apart)"
+        ),
+    )
     report.add(
         "ratio: end to end on the board / eventsourcing application saves",
         visible_rate / library_rate,
