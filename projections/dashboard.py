@@ -100,6 +100,7 @@ class DashboardStats(Projection):
         deliveries: dict[tuple[UUID, date], dict[str, int]] = {}
         stays: dict[tuple[UUID, UUID, int], int] = {}
         lead_stage = tables["dash_lead_stage"]
+        entered: list[tuple[UUID, UUID, UUID | None, datetime]] = []
         for logged in events:
             event = logged.event
             if isinstance(event, Lead.Received):
@@ -107,15 +108,11 @@ class DashboardStats(Projection):
                 counts = daily.setdefault(key, [0, 0])
                 counts[0] += 1
                 counts[1] += int(event.is_duplicate)
-                await db.execute(
-                    f"""INSERT INTO {lead_stage} VALUES ($1, $2, $3, $4)
-                        ON CONFLICT (lead_id) DO NOTHING""",
-                    event.originator_id,
-                    event.workspace_id,
-                    event.stage_id,
-                    event.timestamp,
+                entered.append(
+                    (event.originator_id, event.workspace_id, event.stage_id, event.timestamp)
                 )
             elif isinstance(event, Lead.StageChanged):
+                await self._enter(db, lead_stage, entered)  # the stay it closes may be one
                 await self._stage_changed(db, lead_stage, event, stays)
             elif isinstance(event, Delivery.Attempted) and event.outcome in _FINAL:
                 if logged.workspace_id is None:
@@ -123,6 +120,7 @@ class DashboardStats(Projection):
                 per_day = deliveries.setdefault((logged.workspace_id, event.timestamp.date()), {})
                 outcome = _FINAL[event.outcome]
                 per_day[outcome] = per_day.get(outcome, 0) + 1
+        await self._enter(db, lead_stage, entered)
         if daily:
             await db.executemany(
                 f"""
@@ -156,6 +154,24 @@ class DashboardStats(Projection):
                 """,
                 [(*key, n) for key, n in stays.items()],
             )
+
+    async def _enter(
+        self,
+        db: ProjectionDb,
+        lead_stage: str,
+        entered: list[tuple[UUID, UUID, UUID | None, datetime]],
+    ) -> None:
+        """The received leads' first stays, in one statement; `entered` is emptied."""
+        if not entered:
+            return
+        columns = [list(column) for column in zip(*entered, strict=True)]
+        await db.execute(
+            f"""INSERT INTO {lead_stage}
+                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[])
+                ON CONFLICT (lead_id) DO NOTHING""",
+            *columns,
+        )
+        entered.clear()
 
     async def _stage_changed(
         self,
