@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncpg
 
 from gateways.bootstrap import Engine
+from gateways.consumers.leases import lease_holders
 from gateways.nats.intake import DURABLE, stream_name
+from gateways.workers import partition_names
 
 
 async def engine_status(engine: Engine) -> dict[str, object]:
@@ -17,6 +19,9 @@ async def engine_status(engine: Engine) -> dict[str, object]:
     itself, unlike one that is only behind. Lag counts events after the consumer's
     checkpoint; consumers move it past events they do not read (lazily, within about a
     second), so an idle consumer shows none.
+
+    `leases` says which worker process runs which leased consumer (see `worker_leases`);
+    each consumer that is leased names its process in `heldBy` (None: no process runs it).
     """
     head = await engine.store.max_position()
     rows = await engine.pool.fetch(
@@ -49,12 +54,48 @@ async def engine_status(engine: Engine) -> dict[str, object]:
     for name, error in held.items():
         consumers.append(_consumer(name, 0, head, None, error))
     consumers.sort(key=lambda c: str(c["name"]))
+    leases = await worker_leases(engine)
+    holders = leases["partitions"]
+    assert isinstance(holders, dict)
+    for consumer in consumers:
+        consumer["heldBy"] = holders.get(consumer["name"])
     return {
         "head": head,
         "consumers": consumers,
         "stopped": {str(c["name"]): c["lastError"] for c in consumers if c["stopped"]},
         "natsIntake": await intake_backlog(engine),
         "deliveries": await delivery_backlog(engine),
+        "leases": leases,
+    }
+
+
+async def worker_leases(engine: Engine) -> dict[str, object]:
+    """Which worker process runs which leased consumer (`gateways.consumers.leases`).
+
+    `workers`: each live worker process of this schema (`member`: `<pid>.<random>@<host>`
+    of the process, with its lease session's `backendPid`, `client` address and `since`)
+    and the partitions it holds; `partitions`: every partition by name, with the member
+    holding it or None; `free`: the partitions nobody runs now (for a moment while they
+    move between processes; for longer, no worker runs, or none can run it: a view
+    waiting for its rebuild).
+    """
+    async with engine.pool.acquire() as conn:
+        members, holders = await lease_holders(
+            conn, engine.settings.database_schema, partition_names(engine)
+        )
+    return {
+        "workers": [
+            {
+                "member": member.id,
+                "backendPid": member.backend_pid,
+                "client": member.client,
+                "since": member.since.isoformat() if member.since is not None else None,
+                "partitions": list(member.partitions),
+            }
+            for member in members
+        ],
+        "partitions": dict(sorted(holders.items())),
+        "free": sorted(name for name, holder in holders.items() if holder is None),
     }
 
 

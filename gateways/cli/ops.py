@@ -433,7 +433,9 @@ def status_command(as_json: JsonFlag = False) -> None:
         return
     out().print(f"log head: position {report['head']}")
     numbers = ("position", "lag (events)", "lag (s)")
-    shown = table("consumer", *numbers, "last error", whole=("consumer", *numbers))
+    shown = table(
+        "consumer", *numbers, "held by", "last error", whole=("consumer", *numbers, "held by")
+    )
     consumers = report["consumers"]
     assert isinstance(consumers, list)
     for consumer in consumers:
@@ -442,12 +444,21 @@ def status_command(as_json: JsonFlag = False) -> None:
             str(consumer["position"]),
             str(consumer["lagEvents"]),
             str(consumer["lagSeconds"]),
+            consumer.get("heldBy") or "",
             Text(consumer["lastError"] or "", style="red"),
         )
     if consumers:
         show(shown)
     else:
         out().print("no consumers have recorded a position yet")
+    leases = report.get("leases")
+    if isinstance(leases, dict):
+        for worker in leases.get("workers") or []:
+            held = worker.get("partitions") or []
+            out().print(f"worker {worker['member']}: {len(held)} consumers")
+        free = leases.get("free") or []
+        if free:
+            out().print(f"not running anywhere: {', '.join(free)}", style="red")
     backlog = report["natsIntake"]
     if isinstance(backlog, dict):
         out().print(

@@ -7,8 +7,10 @@ what `ActionRunner` decides together with its checkpoint (`actions:<i>/<n>`), so
 trigger is decided exactly once; events that decide nothing only move the checkpoint,
 once per batch. The shard count is fixed: changing it would start new consumers at 0.
 
-Two processes may run the same shard (`serve workers` twice): whichever appends a trigger's
-decision first wins, the other's append fails on the checkpoint and it moves on from there.
+Each shard is a partition of its own (`gateways.consumers.leases`): worker processes divide
+the shards between them (`start_shard` / `stop_shard`). Should two processes briefly run
+the same shard, whichever appends a trigger's decision first wins, the other's append fails
+on the checkpoint and it moves on from there.
 
 A failing event is recorded in `consumer_errors` and tried again with a growing pause; the
 shard never skips it on its own. While the database is away a shard backs off and resumes
@@ -24,7 +26,11 @@ import contextlib
 import structlog
 
 from domain.triggers import TRIGGERING_EVENT_TYPES
-from gateways.consumers.reactor import record_consumer_error, resolve_consumer_errors
+from gateways.consumers.reactor import (
+    first_open_error,
+    record_consumer_error,
+    resolve_consumer_errors,
+)
 from gateways.postgres.errors import after_failure, describe, is_unavailable
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog, Record
@@ -68,24 +74,39 @@ class ActionWorkers:
         self.positions = [0] * SHARDS
         self.errors: list[str | None] = [None] * SHARDS
         self.idle_flush = IDLE_FLUSH
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Checked by each shard's loop as well as cancelled: a cancellation swallowed on the
+        # way (asyncio.wait_for can, before Python 3.12) must not keep a shard running.
+        self._stopping: set[int] = set()
 
     async def start(self) -> None:
-        self._stopping = False
-        self._tasks = [
-            asyncio.create_task(self._run(shard), name=consumer_name(shard))
-            for shard in range(SHARDS)
-        ]
+        """Run every shard in this process."""
+        for shard in range(SHARDS):
+            await self.start_shard(shard)
 
     async def stop(self) -> None:
-        self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await asyncio.gather(*(self.stop_shard(shard) for shard in list(self._tasks)))
+
+    async def start_shard(self, shard: int) -> None:
+        """Run one shard here, from its checkpoint (nothing if it runs already)."""
+        if not 0 <= shard < SHARDS:
+            raise ValueError(f"there are {SHARDS} shards; no shard {shard}")
+        task = self._tasks.get(shard)
+        if task is None or task.done():
+            self._stopping.discard(shard)
+            self._tasks[shard] = asyncio.create_task(self._run(shard), name=consumer_name(shard))
+
+    async def stop_shard(self, shard: int) -> None:
+        """Stop one shard: a decision being appended is either committed with its
+        checkpoint or not at all, and the next runner of the shard resumes from there."""
+        task = self._tasks.pop(shard, None)
+        if task is None:
+            return
+        self._stopping.add(shard)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self.errors[shard] = None
 
     async def _run(self, shard: int) -> None:
         consumer = consumer_name(shard)
@@ -94,24 +115,27 @@ class ActionWorkers:
         pause = MIN_BACKOFF
         loaded = False
         position = persisted = 0
+        failing_at: int | None = None
         last_commit = loop.time()
-        while not self._stopping:
+        while shard not in self._stopping:
             generation = self.log.generation
             try:
                 if not loaded:
                     position = persisted = await self.log.max_tracking_id(consumer) or 0
+                    # Recorded here or by the process that ran the shard before.
+                    failing_at = await first_open_error(self.log.pool, consumer)
                     last_commit = loop.time()
                     loaded = True
                 head = await self.log.max_position()
                 read = await self.tail.entries(position, BATCH, stop=head, event_types=types)
                 if read.entries:
-                    recovering = self.errors[shard] is not None
                     position = persisted = await self._handle_batch(
                         shard, consumer, position, read.entries
                     )
                     last_commit = loop.time()
-                    if recovering:
+                    if failing_at is not None and position >= failing_at:
                         await self._resolve_errors(consumer, position)
+                        failing_at = None
                 if not read.full:
                     # Positions become visible in order (the append lock): no triggering
                     # event can still appear at or below what the read covered.

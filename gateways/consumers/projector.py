@@ -3,6 +3,8 @@
 Each projection runs in its own `projection_runner.Runner`, whose batch transactions carry
 the projection's writes and its checkpoint together, under the consumer's advisory lock.
 The runners take their events from one `LogTail` (read and decoded once for all of them).
+A process runs every projection (`start`) or those whose lease it holds, one by one
+(`start_projection` / `stop_projection`, driven by `gateways.consumers.leases`).
 
 A failing event stops its projection (only that one) with the event's position recorded in
 `consumer_errors`; everything before it is committed. An operator restarts it once the
@@ -73,6 +75,8 @@ class Projector:
         self._listener_lock = asyncio.Lock()
         self._runners: dict[str, Runner] = {}
         self._watcher: asyncio.Task[None] | None = None
+        # The projections this process runs; the others stay stopped here.
+        self._wanted: set[str] = set()
         for projection in projections:
             check_identifier(projection.name, "projection name")
             if projection.name in self._runners:
@@ -90,19 +94,70 @@ class Projector:
         process that only serves reads can query the views from its first request."""
         await self._register()
 
-    async def start(self) -> None:
-        """Create what is missing (tables, registry rows), then start every projection."""
+    async def open(self) -> None:
+        """Create what is missing (tables, registry rows), listen for commits and watch for
+        rebuilds; runs no projection yet (`start`, `start_projection`)."""
         if self._started:
             return
         await self._register()
         self._started = True
         await self._ensure_listener()
-        for runner in self._runners.values():
-            if runner.state is not State.NEEDS_REBUILD:
-                runner.start()
         self._watcher = asyncio.create_task(
             self._await_rebuilds(), name="leadlog-projection-rebuilds"
         )
+
+    async def start(self) -> None:
+        """Open, then start every projection (but not one stopped at a failing event:
+        `restart` does that)."""
+        await self.open()
+        for name in self._runners:
+            self._run_here(name)
+
+    async def start_projection(self, name: str) -> None:
+        """Open, then run one projection in this process (its lease is held: see
+        `gateways.consumers.leases`). One waiting for a rebuild starts once it is swapped in."""
+        self._runner(name)
+        await self.open()
+        self._run_here(name)
+
+    async def stop_projection(self, name: str, timeout: float | None = None) -> None:
+        """Stop one projection once its current batch is committed (cancelled after
+        `timeout` seconds: the open batch rolls back); another process may run it next.
+
+        A failure it stopped at stays recorded in `consumer_errors` for status; this
+        process no longer reports it as its own."""
+        runner = self._runner(name)
+        self._wanted.discard(name)
+        runner.request_stop()
+        self.wakeup.fire()
+        task = runner.task
+        if task is not None and not task.done():
+            _, pending = await asyncio.wait({task}, timeout=timeout)
+            for unfinished in pending:
+                unfinished.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if runner.state is State.FAILED:
+            runner.state = State.STOPPED
+            runner.error = None
+
+    def names(self) -> list[str]:
+        """Every projection this projector can run."""
+        return list(self._runners)
+
+    def can_run(self, name: str) -> bool:
+        """False while the projection waits for a rebuild of its version."""
+        return self._runner(name).state is not State.NEEDS_REBUILD
+
+    def running(self, name: str) -> bool:
+        """Whether this process runs the projection now (or means to, once rebuilt)."""
+        return name in self._wanted
+
+    def _run_here(self, name: str) -> None:
+        self._wanted.add(name)
+        runner = self._runners[name]
+        idle = runner.task is None or runner.task.done()
+        if idle and runner.state is State.STOPPED:
+            runner.start()
 
     async def _await_rebuilds(self) -> None:
         """Start a projection waiting for a rebuild once one (in any process) swapped in
@@ -140,6 +195,7 @@ class Projector:
         for runner in runners:
             runner.request_stop()
         self.wakeup.fire()
+        self._wanted.clear()
         tasks = [r.task for r in runners if r.task is not None and not r.task.done()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -154,6 +210,8 @@ class Projector:
         runner = self._runner(name)
         if not self._started:
             raise RuntimeError("the projector is not started")
+        if name not in self._wanted:
+            raise RuntimeError(f"{name} is not run by this process")
         if runner.state is State.NEEDS_REBUILD:
             raise RuntimeError(f"{name} needs a rebuild before it can run")
         await runner.stop()
@@ -199,7 +257,12 @@ class Projector:
             )
             resume = True
         finally:
-            if resume and self._started and runner.state is not State.NEEDS_REBUILD:
+            if (
+                resume
+                and self._started
+                and name in self._wanted
+                and runner.state is not State.NEEDS_REBUILD
+            ):
                 runner.start()
 
     async def build(
@@ -377,7 +440,7 @@ class Projector:
         runner.tables = tables
         if runner.state is State.NEEDS_REBUILD:
             runner.state = State.STOPPED
-            if self._started:
+            if self._started and name in self._wanted:
                 runner.start()
 
     # ---- internals ----------------------------------------------------------------------

@@ -73,6 +73,8 @@ class Reactor:
         self._stopping = False
 
     async def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name=self.consumer)
 
@@ -115,6 +117,8 @@ class Reactor:
 
     async def _load(self) -> None:
         self.position = self.persisted = await self.log.max_tracking_id(self.consumer) or 0
+        # An error recorded here, or by the process that ran this reaction before.
+        self._failing_at = await first_open_error(self.log.pool, self.consumer)
         self._last_commit = asyncio.get_running_loop().time()
 
     async def _step(self) -> None:
@@ -215,6 +219,16 @@ async def record_consumer_error(
             event_type,
             describe(error),
         )
+
+
+async def first_open_error(pool: asyncpg.Pool, consumer: str) -> int | None:
+    """The position of `consumer`'s first unresolved error, if it has one."""
+    async with pool.acquire() as conn:
+        position: int | None = await conn.fetchval(
+            "SELECT min(position) FROM consumer_errors WHERE consumer = $1 AND resolved_at IS NULL",
+            consumer,
+        )
+    return position
 
 
 async def resolve_consumer_errors(pool: asyncpg.Pool, consumer: str, position: int) -> None:

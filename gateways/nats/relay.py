@@ -208,6 +208,8 @@ class NatsRelay:
         return (int(value) if value.isdigit() else 0), headers.get(MSG_ID)
 
     async def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"nats-relay-{self.stream}")
         log.info("nats relay started", stream=self.stream, consumer=self.consumer)

@@ -18,7 +18,7 @@ from gateways.bootstrap import Engine, start_engine
 from gateways.consumers.projector import Projector
 from gateways.consumers.timers import AbandonmentTimers
 from gateways.settings import Settings
-from gateways.workers import Worker, build_workers
+from gateways.workers import Worker, build_workers, find_workers
 from handlers.abandonment import ABANDONED_BY
 from handlers.intake import Intake, activate_customer, register_customer
 from handlers.workspaces import create_workspace, set_abandon_after
@@ -47,7 +47,7 @@ async def start_all(engine: Engine, timer_workers: int = 1) -> Running:
     and one timer worker polling every TICK), plus more timer workers when asked for."""
     assert engine.settings.timer_interval == TICK
     workers: list[Worker] = build_workers(engine)
-    timers = [w for w in workers if isinstance(w, AbandonmentTimers)]
+    timers = find_workers(workers, AbandonmentTimers)
     extra = [
         AbandonmentTimers(engine.projector, engine.store, interval=TICK)
         for _ in range(timer_workers - 1)
@@ -283,7 +283,7 @@ async def test_two_timer_workers_abandon_each_lead_exactly_once(engine: Engine) 
     try:
         await eventually(engine, leads, Status.ABANDONED)
         await asyncio.sleep(5 * TICK)  # let both workers poll again over the stale rows
-        timers = [w for w in started.workers if isinstance(w, AbandonmentTimers)]
+        timers = find_workers(started.workers, AbandonmentTimers)
         assert len(timers) == 2
         assert sum(t.abandoned for t in timers) == len(leads)
     finally:
