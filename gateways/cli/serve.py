@@ -343,7 +343,8 @@ def serve(role: Annotated[ServeRole, typer.Argument(help="what to serve")]) -> N
     """Serve one role against configured servers (LEADLOG_DATABASE_URL, LEADLOG_NATS_URL).
 
     `api` serves the HTTP app alone; `workers` runs the projections, reactions, NATS intake
-    and relay alone. Run one `workers` beside any number of `api` processes.
+    and relay alone. Run any number of each: worker processes divide the consumers between
+    them (leases in PostgreSQL).
     """
     if role is ServeRole.api:
         _run(Settings(), start_servers=False, workers=False)
