@@ -75,13 +75,11 @@ def wait_healthy(process: subprocess.Popen[str], port: int, log: Path, timeout: 
     raise AssertionError("leadlog up did not become healthy")
 
 
-@contextmanager
-def engine_process(servers: Servers, **extra: str) -> Iterator[EngineProcess]:
-    """`leadlog up` on the test servers, in its own schema and NATS prefix; stopped, and its
-    schema and streams removed, on exit."""
-    data_dir = Path(tempfile.mkdtemp(prefix="leadlog-proc-"))
-    port = free_port()
-    token = f"op-{uuid.uuid4().hex}"
+def leadlog_env(
+    servers: Servers, data_dir: Path, port: int, token: str, **extra: str
+) -> dict[str, str]:
+    """The environment of a `leadlog` process on the test servers: its own data folder,
+    port, schema and subject prefix, this operator token; none of the caller's LEADLOG_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEADLOG_")}
     env.update(
         LEADLOG_DATA_DIR=str(data_dir),
@@ -92,12 +90,22 @@ def engine_process(servers: Servers, **extra: str) -> Iterator[EngineProcess]:
         LEADLOG_NATS_PREFIX=f"t{uuid.uuid4().hex[:12]}",
         LEADLOG_ADMIN_TOKEN=token,
         LEADLOG_LOG_LEVEL="warning",
-        # One process: these tests exercise the app, not the process count
-        # (tests/gateways/cli/test_processes.py does); more would multiply each test
-        # engine's CPU and connections on a 2-core runner.
-        LEADLOG_PROCESSES="1",
     )
     env.update(extra)
+    return env
+
+
+@contextmanager
+def engine_process(servers: Servers, **extra: str) -> Iterator[EngineProcess]:
+    """`leadlog up` on the test servers, in its own schema and NATS prefix; stopped, and its
+    schema and streams removed, on exit."""
+    data_dir = Path(tempfile.mkdtemp(prefix="leadlog-proc-"))
+    port = free_port()
+    token = f"op-{uuid.uuid4().hex}"
+    # One process: these tests exercise the app, not the process count
+    # (tests/gateways/cli/test_processes.py does); more would multiply each test engine's
+    # CPU and connections on a 2-core runner.
+    env = leadlog_env(servers, data_dir, port, token, LEADLOG_PROCESSES="1", **extra)
     log = data_dir / "stderr.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(

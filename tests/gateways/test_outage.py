@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import httpx
 import nats
 import orjson
-import psutil
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -27,8 +22,6 @@ from domain.base import LoggedEvent
 from domain.leads import Lead, LeadDetails, Source, Status
 from gateways.bootstrap import Engine, start_engine
 from gateways.consumers.projector import Projector
-from gateways.embedded.nats import NatsServer
-from gateways.embedded.postgres import PostgresServer
 from gateways.http.app import create_app
 from gateways.nats.intake import intake_subject
 from gateways.nats.relay import events_stream_name
@@ -40,6 +33,7 @@ from handlers.intake import Intake, LeadIntake, activate_customer, register_cust
 from projections.base import Projection, ProjectionDb, Tables
 from tests.conftest import ADMIN_TOKEN, Servers, delete_streams, drop_schema, make_workspace
 from tests.gateways.nats.test_relay import assert_stream_is_log
+from tests.private_servers import PrivateNats, PrivatePostgres, started_nats, started_postgres
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,84 +41,16 @@ pytestmark = pytest.mark.timeout(300)
 # ---- private servers ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivatePostgres:
-    """A PostgreSQL of the test's own (never the machine's shared one): stopped fast,
-    crashed, and started again on the same port and data."""
-
-    def __init__(self, base: Path) -> None:
-        self.server = PostgresServer(base, base / "pgdata", base / "postgres.log")
-        self.port = _free_port()
-        self.url = self.server.url(self.port)
-        self.server.choose_user()
-
-    def start(self) -> None:
-        self.server.prepare_dirs()
-        self.server.start(self.port)
-
-    def stop_fast(self) -> None:
-        """`pg_ctl -m fast stop`: sessions are terminated, a shutdown checkpoint is written."""
-        self.server.stop()
-
-    def crash(self) -> None:
-        """SIGKILL of the postmaster and every backend: what a power cut leaves behind (the
-        next start replays the WAL)."""
-        pid = self.server.postmaster_pid()
-        assert pid is not None
-        postmaster = psutil.Process(pid)
-        processes = [postmaster, *postmaster.children(recursive=True)]
-        for process in processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        _, alive = psutil.wait_procs(processes, timeout=10)
-        assert not alive
-
-
 @pytest.fixture(scope="module")
 def private_postgres() -> Iterator[PrivatePostgres]:
-    # Outside pytest's temp folder, which is 0700 (PostgreSQL runs as another user as root).
-    base = Path(tempfile.mkdtemp(prefix="leadlog-outage-pg-"))
-    server = PrivatePostgres(base)
-    try:
-        server.start()
+    with started_postgres("leadlog-outage-pg-") as server:
         yield server
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop_fast()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-class PrivateNats:
-    """A nats-server of the test's own, stopped and started again on the same port and store."""
-
-    def __init__(self, base: Path) -> None:
-        base.joinpath("store").mkdir()
-        self.server = NatsServer(base, base / "store", base / "nats.log")
-        self.port = _free_port()
-        self.url = self.server.url(self.port)
-
-    def start(self) -> None:
-        self.server.start(self.port)
-
-    def stop(self) -> None:
-        self.server.stop()
 
 
 @pytest.fixture
 def private_nats() -> Iterator[PrivateNats]:
-    base = Path(tempfile.mkdtemp(prefix="leadlog-outage-nats-"))
-    server = PrivateNats(base)
-    try:
-        server.start()
+    with started_nats("leadlog-outage-nats-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # ---- the engine under test ------------------------------------------------------------------

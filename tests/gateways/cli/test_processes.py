@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import socket
@@ -22,7 +21,7 @@ import pytest
 
 from gateways.cli.processes import PortInUse, claim, listen
 from tests.conftest import Servers, drop_schema
-from tests.engine_process import LEADLOG, free_port, remove_streams
+from tests.engine_process import LEADLOG, free_port, leadlog_env, remove_streams
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -60,18 +59,7 @@ def leadlog_up(servers: Servers, *args: str, **extra: str) -> Iterator[Up]:
     data_dir = Path(tempfile.mkdtemp(prefix="leadlog-processes-"))
     port = free_port()
     token = f"op-{uuid.uuid4().hex}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADLOG_")}
-    env.update(
-        LEADLOG_DATA_DIR=str(data_dir),
-        LEADLOG_HTTP_PORT=str(port),
-        LEADLOG_DATABASE_URL=servers.database_url,
-        LEADLOG_NATS_URL=servers.nats_url,
-        LEADLOG_DATABASE_SCHEMA=f"t_{uuid.uuid4().hex[:16]}",
-        LEADLOG_NATS_PREFIX=f"t{uuid.uuid4().hex[:12]}",
-        LEADLOG_ADMIN_TOKEN=token,
-        LEADLOG_LOG_LEVEL="warning",
-        **extra,
-    )
+    env = leadlog_env(servers, data_dir, port, token, **extra)
     log = data_dir / "stderr.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(

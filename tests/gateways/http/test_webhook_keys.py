@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -28,7 +25,7 @@ from handlers import inbound_webhooks as commands
 from handlers.inbound_webhooks import WEBHOOK_EVENT_TYPES, hash_key
 from handlers.users import create_user
 from tests.conftest import ADMIN_TOKEN, OPERATOR, Servers, bearer, drop_schema
-from tests.gateways.test_outage import PrivatePostgres
+from tests.private_servers import PrivatePostgres, started_postgres
 
 Workspace = dict[str, str]
 
@@ -362,15 +359,8 @@ async def test_the_follower_stops_with_the_engine(
 
 @pytest.fixture(scope="module")
 def private_postgres() -> Iterator[PrivatePostgres]:
-    base = Path(tempfile.mkdtemp(prefix="leadlog-keys-pg-"))
-    server = PrivatePostgres(base)
-    try:
-        server.start()
+    with started_postgres("leadlog-keys-pg-") as server:
         yield server
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop_fast()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_outage_a_remembered_key_gets_503_and_the_follower_resumes(
