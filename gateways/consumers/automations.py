@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 VIEW_WAIT = 10.0
 CHANNEL_TTL = 5.0
+FOLLOW_PAUSE = 0.1
 MESSAGE_EVENTS = frozenset({"message.sent", "message.send_failed", "message.status_reported"})
 CONFIG_EVENTS = frozenset(
     {
@@ -312,6 +313,8 @@ class BroadcastQueuer:
                     after = records[-1].position
                     continue
                 await event_log.wait_for_commit(generation, event_log.poll_interval)
+                # One read serves a burst of commits (broadcasts are rare; leads are not).
+                await asyncio.sleep(FOLLOW_PAUSE)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

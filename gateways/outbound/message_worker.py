@@ -52,6 +52,9 @@ MAX_ATTEMPTS = 5
 LEASE_SECONDS = 120.0
 STALE_SECONDS = 10.0
 FOLLOW_BATCH = 1000
+# Commits come in bursts: one read serves those a few ms apart (a follower that finds
+# nothing would otherwise cost a query per commit while leads pour in).
+FOLLOW_PAUSE = 0.02
 OPEN, CLICK, UNSUBSCRIBE = "message-open", "message-click", "message-unsubscribe"
 
 _LEASES_SQL = """
@@ -202,6 +205,7 @@ class MessageWorker:
                     after = records[-1].position
                     continue
                 await event_log.wait_for_commit(generation, event_log.poll_interval)
+                await asyncio.sleep(FOLLOW_PAUSE)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
