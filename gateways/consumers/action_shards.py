@@ -126,7 +126,7 @@ class ActionWorkers:
                     failing_at = await first_open_error(self.log.pool, consumer)
                     last_commit = loop.time()
                     loaded = True
-                head = await self.log.max_position()
+                head = await self.tail.head()
                 read = await self.tail.entries(position, BATCH, stop=head, event_types=types)
                 if read.entries:
                     position = persisted = await self._handle_batch(

@@ -298,7 +298,7 @@ class Runner:
 
     async def _fetch(self, after: int) -> _Batch | None:
         host = self.host
-        head = await host.log.max_position()
+        head = await host.tail.head()
         if self.until is not None:
             head = min(head, self.until)
         if head <= after:

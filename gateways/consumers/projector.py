@@ -65,7 +65,12 @@ class Projector:
         self.pool = pool
         self.log = log
         self.store = store
-        self.tail = tail if tail is not None else LogTail(log, store)
+        # The runners wake on this projector's LISTEN, the reactions and shards on the log's.
+        self.tail = (
+            tail
+            if tail is not None
+            else LogTail(log, store, wakeups=lambda: (log.generation, self.wakeup.generation))
+        )
         self.batch_size = batch_size
         self.poll_interval = log.poll_interval if poll_interval is None else poll_interval
         self.idle_flush = idle_flush

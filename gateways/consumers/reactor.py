@@ -123,7 +123,7 @@ class Reactor:
 
     async def _step(self) -> None:
         generation = self.log.generation
-        head = await self.log.max_position()
+        head = await self.tail.head()
         read = await self.tail.entries(
             self.position, BATCH, stop=head, event_types=self.reaction.event_types
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 
 from domain.base import LoggedEvent
@@ -14,6 +14,7 @@ from gateways.postgres.log_store import PostgresLog, Record
 
 CHUNK = 2000
 CAPACITY = 20_000
+HEAD_TTL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,11 @@ class LogTail:
         *,
         chunk: int = CHUNK,
         capacity: int = CAPACITY,
+        wakeups: Callable[[], Hashable] | None = None,
+        head_ttl: float = HEAD_TTL,
     ) -> None:
+        """`wakeups`: a value that changes whenever this process hears of a commit (the
+        generations of every LISTEN its consumers wait on); the log's own by default."""
         if chunk < 1 or (capacity and capacity < chunk):
             raise ValueError("the tail needs chunk >= 1 and a capacity of 0 or >= chunk")
         self.log = log
@@ -84,6 +89,37 @@ class LogTail:
         self._positions: list[int] = []
         self._fetching = asyncio.Lock()
         self.fetches = 0
+        self._wakeups = wakeups if wakeups is not None else (lambda: log.generation)
+        self.head_ttl = head_ttl
+        self._head: asyncio.Future[int] | None = None
+        self._head_key: Hashable = None
+        self._head_started = 0.0
+        self.head_reads = 0
+
+    async def head(self) -> int:
+        """The log's head, read once for every consumer that asks before the next commit
+        this process hears of.
+
+        A read started after the last wake-up this process heard of sees every commit
+        announced until then; a consumer woken by a later commit finds the wake-up value
+        changed and reads again. A commit not yet announced is missed, as with any read of
+        the head, and its announcement wakes the consumer. `head_ttl` bounds how long a read
+        is shared at all, for when no LISTEN connection is up to announce anything.
+        """
+        loop = asyncio.get_running_loop()
+        key = self._wakeups()
+        shared = self._head
+        if (
+            shared is None
+            or key != self._head_key
+            or loop.time() - self._head_started > self.head_ttl
+            or (shared.done() and (shared.cancelled() or shared.exception() is not None))
+        ):
+            self._head_key = key
+            self._head_started = loop.time()
+            self.head_reads += 1
+            shared = self._head = asyncio.ensure_future(self.log.max_position())
+        return await asyncio.shield(shared)
 
     @classmethod
     def direct(cls, log: PostgresLog, store: PostgresEventStore) -> LogTail:

@@ -138,3 +138,24 @@ async def test_a_direct_tail_holds_nothing_and_filters_in_the_log(
     assert len(tail) == 0 and tail.fetches == 0
     nothing = await tail.entries(start, 10, stop=await log.max_position(), event_types=())
     assert nothing.entries == [] and not nothing.full
+
+
+async def test_the_head_is_read_once_per_wake_up_and_again_after_one(
+    log: PostgresLog, store: PostgresEventStore
+) -> None:
+    heard = [0]
+    tail = LogTail(log, store, wakeups=lambda: heard[0], head_ttl=60)
+    first = await log.max_position()
+    heads = await asyncio.gather(*(tail.head() for _ in range(20)))
+    assert heads == [first] * 20 and tail.head_reads == 1
+    positions = await write(store, 2)
+    # Not yet heard of: the shared read stands (the announcement will wake the consumer).
+    assert await tail.head() == first and tail.head_reads == 1
+    heard[0] += 1
+    assert await tail.head() == positions[-1] and tail.head_reads == 2
+    # With nothing announcing commits, a read is shared for `head_ttl` at most.
+    quiet = LogTail(log, store, wakeups=lambda: 0, head_ttl=0.05)
+    assert await quiet.head() == positions[-1]
+    later = await write(store, 1)
+    await asyncio.sleep(0.06)
+    assert await quiet.head() == later[-1] and quiet.head_reads == 2
