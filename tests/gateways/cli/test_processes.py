@@ -43,12 +43,16 @@ class Up:
         return self.log.read_text(errors="replace")
 
     def children(self) -> list[psutil.Process]:
-        """The API children serving beside the parent (not the embedded servers, none here)."""
-        return [
-            child
-            for child in psutil.Process(self.process.pid).children()
-            if CHILD_MODULE in child.cmdline()
-        ]
+        """The live API children serving beside the parent (not the embedded servers, none
+        here; not a killed child the parent has yet to reap)."""
+        found = []
+        for child in psutil.Process(self.process.pid).children():
+            try:
+                if CHILD_MODULE in child.cmdline():
+                    found.append(child)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):
+                continue
+        return found
 
 
 @contextmanager
