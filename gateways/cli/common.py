@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+from pydantic import ValidationError
 from rich.cells import cell_len
 from rich.console import Console, RenderableType
 from rich.markup import escape
@@ -77,6 +78,19 @@ def err() -> Console:
 def fail(message: str, code: int = 1) -> typer.Exit:
     err().print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    """The configuration from the environment; a value that does not parse is a clear
+    error naming its variable, not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"LEADLOG_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in error.errors()
+        )
+        raise fail(f"bad configuration: {problems}") from None
 
 
 def table(*headers: str, whole: Iterable[str] = (), title: str | None = None) -> Table:
@@ -183,7 +197,7 @@ def rate(count: int, seconds: float | None, unit: str) -> str:
 
 
 def with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:
-    settings = Settings()
+    settings = load_settings()
     configure_logging("warning")
 
     async def run(urls: ServerUrls) -> T:

@@ -19,7 +19,7 @@ import uvicorn
 import uvloop
 
 from gateways.bootstrap import Engine, start_engine
-from gateways.cli.common import command, err, fail
+from gateways.cli.common import command, err, fail, load_settings
 from gateways.cli.processes import (
     STOP_TIMEOUT,
     ApiProcesses,
@@ -329,7 +329,7 @@ def up(
     one process, the others serve the HTTP app alone on the same port (SO_REUSEPORT), are
     started again if they die, and stop with it.
     """
-    settings = Settings()
+    settings = load_settings()
     count = processes or settings.processes or default_processes()
     _run(settings, start_servers=True, processes=count)
 
@@ -347,9 +347,9 @@ def serve(role: Annotated[ServeRole, typer.Argument(help="what to serve")]) -> N
     them (leases in PostgreSQL).
     """
     if role is ServeRole.api:
-        _run(Settings(), start_servers=False, workers=False)
+        _run(load_settings(), start_servers=False, workers=False)
     else:
-        _run(Settings(), start_servers=False, http=False)
+        _run(load_settings(), start_servers=False, http=False)
 
 
 def register(app: typer.Typer) -> None:

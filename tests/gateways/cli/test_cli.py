@@ -304,3 +304,15 @@ async def _release_through_the_workers_process(
         raise AssertionError("the workers process did not release the pending lead")
     finally:
         await engine.close()
+
+
+def test_a_configuration_value_that_does_not_parse_is_named_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    for variable, verb in (("LEADLOG_PROCESSES", "up"), ("LEADLOG_HTTP_PORT", "status")):
+        env = {**environment(tmp_path / variable, free_port()), variable: "many"}
+        result = run(env, verb, timeout=30)
+        assert result.returncode == 1, result
+        assert f"bad configuration: {variable}: Input should be a valid integer" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+        assert not (tmp_path / variable).exists(), "nothing started, nothing written"
