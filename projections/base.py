@@ -19,6 +19,20 @@ def check_identifier(name: str, what: str = "name") -> str:
     return name
 
 
+def trigram_index(name: str, table: str, column: str, storage: str = "") -> str:
+    """SQL creating a pg_trgm GIN index (what `LIKE '%text%'` searches use), wherever the
+    database keeps the extension: a projection's tables live in the engine's schema, which
+    is the only one on its search path, so the operator class is named with its schema."""
+    return f"""
+        DO $trigram$ BEGIN
+            EXECUTE format(
+                'CREATE INDEX IF NOT EXISTS {name} ON {table} USING gin ({column} %I.gin_trgm_ops)'
+                || '{f" WITH ({storage})" if storage else ""}',
+                (SELECT n.nspname FROM pg_extension e
+                   JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'));
+        END $trigram$;"""
+
+
 class Tables(Mapping[str, str]):
     """A projection's logical table names mapped to the concrete ones it writes this time.
 
@@ -96,6 +110,14 @@ class Projection(ABC):
     @abstractmethod
     def create_sql(self, tables: Tables) -> str:
         """DDL for its tables under the concrete names in `tables`."""
+
+    def index_sql(self, tables: Tables) -> str:
+        """DDL for its secondary indexes (`CREATE INDEX IF NOT EXISTS`), kept apart from
+        `create_sql` so that a rebuild fills its new tables first and indexes them after:
+        building an index over a full table is several times cheaper than keeping it up row
+        by row, and a GIN index comes out whole, not with a long pending list every search
+        must scan. The live copy gets them with its tables."""
+        return ""
 
     @abstractmethod
     async def apply(self, db: ProjectionDb, tables: Tables, events: Sequence[LoggedEvent]) -> None:

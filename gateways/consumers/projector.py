@@ -280,7 +280,8 @@ class Projector:
         on_progress: Callable[[int], None] | None = None,
     ) -> int:
         """Fill `tables` from `consumer`'s checkpoint (0 for a new name) up to `until` (the
-        head now, by default) in the calling task; returns the position reached.
+        head now, by default) in the calling task, then index them; returns the position
+        reached.
 
         The building block of a blue/green rebuild: the next version's tables are filled
         beside the live ones under their own checkpoint name, then swapped in
@@ -302,6 +303,10 @@ class Projector:
         if runner.state is State.FAILED:
             assert runner.error is not None
             raise ProjectionFailed(runner.error)
+        # Indexed once filled (`Projection.index_sql`); a later round keeps them up.
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            await _index(conn, projection, tables)
         return runner.position
 
     # ---- read-your-writes and status ----------------------------------------------------
@@ -475,6 +480,7 @@ class Projector:
                 if row is None:
                     tables = Tables.versioned(projection.table_names, projection.version)
                     await conn.execute(projection.create_sql(tables))
+                    await _index(conn, projection, tables)
                     # Readers use the logical name; a rebuild's swap re-points the view.
                     for logical, concrete in tables.items():
                         await conn.execute(
@@ -502,6 +508,7 @@ class Projector:
                     )
                     continue
                 await conn.execute(projection.create_sql(runner.tables))
+                await _index(conn, projection, runner.tables)
 
     async def wait_for_commit(self, generation: int, timeout: float) -> None:
         await self._ensure_listener()
@@ -541,3 +548,13 @@ class Projector:
                 await listener.remove_listener(self.log.channel, self.wakeup.fire)
         with contextlib.suppress(Exception):
             await self.pool.release(listener)
+
+
+async def _index(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    projection: Projection,
+    tables: Tables,
+) -> None:
+    """Create the projection's secondary indexes on `tables`, if it has any."""
+    if sql := projection.index_sql(tables):
+        await conn.execute(sql)

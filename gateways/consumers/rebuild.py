@@ -248,6 +248,11 @@ async def rebuild(
                     projection, new, consumer, until=head, on_progress=progress
                 )
                 progress(reached)
+            # A table filled in one go has no statistics until autovacuum comes round, and
+            # without them the planner guesses (a search over a million leads by a full
+            # scan): the new tables are analysed before they go live.
+            for table in new.values():
+                await guard.execute(f"ANALYZE {table}")
             result = RebuildResult(
                 name=name,
                 old_tables=old,

@@ -257,7 +257,7 @@ async def test_audit_is_clean_for_every_view_after_a_broad_workload(
     # the workload reached the views that matter here (so the comparison compared something)
     api_leads = await engine.pool.fetchval("SELECT count(*) FROM leads")
     assert api_leads >= len(leads) + 8
-    assert audits[LeadList.name].rows == api_leads
+    assert audits[LeadList.name].tables[0].rows == api_leads
     assert audits[LeadList.name].events > api_leads
     assert audits[LeadTimeline.name].rows > api_leads
     # two through the submit API, one through the form; imported leads make none
@@ -310,7 +310,8 @@ async def test_cli_reports_exactly_the_tampered_rows_and_exits_1(
         if name not in (LeadList.name, LeadTimeline.name):
             assert audit["differences"] == 0, audit
 
-    [leads_diff] = audits[LeadList.name]["tables"]
+    leads_diff, counts_diff = audits[LeadList.name]["tables"]
+    assert counts_diff["table"] == "lead_counts" and counts_diff["differing"] == 0
     assert (leads_diff["missing"], leads_diff["extra"], leads_diff["changed"]) == (0, 0, 1)
     assert leads_diff["liveRows"] == leads_diff["rebuiltRows"]
     [changed] = leads_diff["examples"]

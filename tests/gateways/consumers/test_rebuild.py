@@ -22,6 +22,12 @@ from tests.conftest import Servers, leadlog_cli
 V = LeadList.version
 """The live tables of a fresh engine are `leads_v<V>`; each rebuild adds one."""
 
+
+def generation(n: int) -> dict[str, str]:
+    """The leads view's tables of generation `n`."""
+    return {"leads": f"leads_v{n}", "lead_counts": f"lead_counts_v{n}"}
+
+
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -101,18 +107,35 @@ async def test_readers_never_see_an_empty_or_partial_view_during_a_rebuild(
         assert later[0] >= earlier[0] and later[1] >= earlier[1], (earlier, later)
     assert all(on_board >= before and in_view >= before for on_board, in_view, _ in seen)
 
-    assert dict(result.old_tables) == {"leads": f"leads_v{V}"}
-    assert dict(result.new_tables) == {"leads": f"leads_v{V + 1}"}
-    assert result.kept == [f"leads_v{V}"]
+    assert dict(result.old_tables) == generation(V)
+    assert dict(result.new_tables) == generation(V + 1)
+    assert sorted(result.kept) == sorted(generation(V).values())
     assert engine.projector.tables("leads")["leads"] == f"leads_v{V + 1}"
     assert f"leads_v{V + 1}" in await view_target(engine, "leads")
     live = await engine.pool.fetchrow(
         "SELECT live_version, live_tables FROM projection_versions WHERE name = 'leads'"
     )
     assert live is not None
-    assert live["live_version"] == V and json.loads(live["live_tables"]) == {
-        "leads": f"leads_v{V + 1}"
+    assert live["live_version"] == V and json.loads(live["live_tables"]) == generation(V + 1)
+    # Filled first, then indexed and analysed: the new tables have every index the live
+    # copy had, and statistics before they serve.
+    indexes = await engine.pool.fetch(
+        "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = current_schema() "
+        "AND tablename = ANY($1::text[])",
+        [f"leads_v{V}", f"leads_v{V + 1}"],
+    )
+    by_table = {
+        t: {i["indexname"].removeprefix(t) for i in indexes if i["tablename"] == t}
+        for t in (f"leads_v{V}", f"leads_v{V + 1}")
     }
+    assert by_table[f"leads_v{V + 1}"] == by_table[f"leads_v{V}"]
+    assert {"_search", "_phone_digits", "_board"} <= by_table[f"leads_v{V + 1}"]
+    analysed = await engine.pool.fetchval(
+        "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables "
+        "WHERE schemaname = current_schema() AND relname = $1",
+        f"leads_v{V + 1}",
+    )
+    assert analysed
     assert (
         await engine.pool.fetchval(
             f"SELECT count(*) FROM tracking WHERE consumer = 'projection:leads:v{V + 1}'"
@@ -185,8 +208,9 @@ async def test_an_interrupted_rebuild_resumes_or_restarts(
     )
     again = await rebuild(engine.projector, LeadList(), restart=True, verify=True)
     assert again.resumed_from == 0 and again.differences == 0
-    assert dict(again.new_tables) == {"leads": f"leads_v{V + 2}"}
-    assert again.dropped == [f"leads_v{V}"] and again.kept == [f"leads_v{V + 1}"]
+    assert dict(again.new_tables) == generation(V + 2)
+    assert sorted(again.dropped) == sorted(generation(V).values())
+    assert sorted(again.kept) == sorted(generation(V + 1).values())
 
 
 async def test_verify_reports_a_tampered_row_and_the_swap_repairs_it(
@@ -196,7 +220,9 @@ async def test_verify_reports_a_tampered_row_and_the_swap_repairs_it(
     await board_count(client, ws, leads[-1]["position"])
     healthy = await rebuild(engine.projector, LeadList(), verify=True)
     assert healthy.verified is not None
-    [diff] = healthy.verified
+    diff, counts = healthy.verified
+    assert (diff.logical, counts.logical) == ("leads", "lead_counts")
+    assert counts.differing == 0 and counts.live_rows == counts.rebuilt_rows == 1
     assert diff.differing == 0 and diff.live_rows == diff.rebuilt_rows == 10
 
     victim = leads[3]["id"]
@@ -206,7 +232,8 @@ async def test_verify_reports_a_tampered_row_and_the_swap_repairs_it(
     await engine.pool.execute(f"DELETE FROM leads_v{V + 1} WHERE id = $1::uuid", leads[5]["id"])
     checked = await rebuild(engine.projector, LeadList(), verify=True)
     assert checked.verified is not None
-    [diff] = checked.verified
+    diff, counts = checked.verified
+    assert counts.differing == 0  # the counts come from the log, not from the rows
     assert (diff.live_rows, diff.rebuilt_rows, diff.differing) == (9, 10, 2)
     assert sorted(diff.first_keys) == sorted([json.dumps([victim]), json.dumps([leads[5]["id"]])])
     assert await engine.pool.fetchval("SELECT name FROM leads WHERE id = $1::uuid", victim) == (
@@ -247,7 +274,7 @@ async def test_cli_rebuild_in_another_process_while_this_one_serves(
     done = await asyncio.to_thread(cli, servers, settings, "rebuild", "leads", "--verify", "--json")
     assert done.returncode == 0, done.stderr
     [report] = json.loads(done.stdout)
-    assert report["newTables"] == {"leads": f"leads_v{V + 1}"}
+    assert report["newTables"] == generation(V + 1)
     assert report["verify"]["differences"] == 0
 
     # This process's live runner follows the swap made elsewhere at its next batch.
