@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from phonenumbers import ValidationResult
 
 # Plain ASCII addresses of the common shape are valid without asking email-validator, which
 # costs ~20x more (IDNA processing). Anything else, and any special-use domain, goes to it.
@@ -78,22 +79,37 @@ def phone_search_keys(text: str, region: str) -> list[str]:
     like (part of) one: its digits as typed, and, when it reads as a whole number in the
     workspace's region, the digits of its E.164 form (`(030) 1234567` → `49301234567`).
     Empty for text that is not phone-like, so a name search never matches by digits."""
+    return list(phone_search(text, region).keys)
+
+
+@dataclass(frozen=True)
+class PhoneSearch:
+    """What a phone-like search looks for: `keys`, digit strings a phone's digits contain;
+    `whole` when the text is a complete number (then a phone matches when one of its forms
+    is one of the keys: an exact lookup, not a scan for a substring)."""
+
+    keys: tuple[str, ...] = ()
+    whole: bool = False
+
+
+def phone_search(text: str, region: str) -> PhoneSearch:
     text = text.strip()
     if not _PHONE_LIKE.fullmatch(text):
-        return []
+        return PhoneSearch()
     digits = "".join(c for c in text if c.isdigit())
     if len(digits) < MIN_PHONE_SEARCH_DIGITS:
-        return []
-    keys = [digits]
+        return PhoneSearch()
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        return keys
-    if phonenumbers.is_possible_number(number):
-        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-        if e164[1:] not in keys:
-            keys.append(e164[1:])
-    return keys
+        return PhoneSearch((digits,))
+    reason = phonenumbers.is_possible_number_with_reason(number)
+    if reason not in (ValidationResult.IS_POSSIBLE, ValidationResult.IS_POSSIBLE_LOCAL_ONLY):
+        return PhoneSearch((digits,))
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+    keys = (digits,) if e164 == digits else (digits, e164)
+    # A number without its area code (local only) is still a part: it is looked for inside.
+    return PhoneSearch(keys, whole=reason == ValidationResult.IS_POSSIBLE)
 
 
 def phone_digits(*numbers: str | None) -> str:

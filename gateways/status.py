@@ -198,10 +198,12 @@ async def refresh_metrics(engine: Engine) -> None:
 
 async def _count_leads(engine: Engine) -> None:
     try:
+        # Summed from the dashboard's daily counts (a row per workspace, day and source),
+        # not counted over every lead at every scrape.
         rows = await engine.pool.fetch(
             """
-            SELECT source, count(*) AS received, count(*) FILTER (WHERE is_duplicate) AS dups
-              FROM leads GROUP BY source
+            SELECT source, sum(leads) AS received, sum(duplicates) AS dups
+              FROM dash_leads_daily GROUP BY source
             """
         )
     except asyncpg.UndefinedTableError:

@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from domain.customers import Customer
 from domain.leads import Lead, LeadDetails, MissingName, ReturnStatus, Source
-from domain.normalize import phone_search_keys
+from domain.normalize import PhoneSearch, phone_search
 from domain.partners import referred_to
 from domain.workspaces import Permission
 from gateways.bootstrap import Engine
-from gateways.consumers.read_models import LeadFilter
+from gateways.consumers.read_models import Cursor, LeadFilter
 from gateways.http.auth import actor_of, engine_of, lead_reader, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
 from gateways.http.lead_json import lead_json, partner_lead_json, receipt_json
@@ -189,6 +189,14 @@ async def list_leads(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     sort_by: Annotated[SortBy | None, Query(alias="sortBy")] = None,
     sort_order: Annotated[Literal["asc", "desc"], Query(alias="sortOrder")] = "desc",
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=1000,
+            description="the previous page's `nextCursor`: the page after it, found by index "
+            "however deep (instead of `page`)",
+        ),
+    ] = None,
     after: After = None,
 ) -> dict[str, Any]:
     """The workspace's leads, filtered, sorted and paged (`after`: read your own writes).
@@ -199,40 +207,49 @@ async def list_leads(
 
     A partner token lists the leads referred to its partner now, as a referral shares them,
     with `search`, `createdAfter`, `createdBefore`, `returnStatus`, `page`, `limit`,
-    `sortBy` (`createdAt`, `name`, `requestId`), `sortOrder` and `after`."""
+    `sortBy` (`createdAt`, `name`, `requestId`), `sortOrder`, `cursor` and `after`.
+
+    Every page carries `nextCursor` (null on the last): pass it back as `cursor`, with the
+    same filters and sort, for the next page by keyset, as fast however deep it goes
+    (`page` counts rows to skip, which grows with the page number)."""
     workspace_id = workspace_of(caller, request)
     engine = engine_of(request)
-    phone_keys: tuple[str, ...] = ()
+    phone = PhoneSearch()
     if caller.partner_id is not None:
         _partner_query(request, sort_by)
+    sort = sort_by or ("deletedAt" if deleted else "createdAt")
+    resume = _cursor(cursor, sort, sort_order == "desc", page)
     if search and search.strip():
-        phone_keys = tuple(phone_search_keys(search, await engine.intake.region_of(workspace_id)))
+        phone = phone_search(search, await engine.intake.region_of(workspace_id))
     if caller.partner_id is not None:
         where = LeadFilter(
             search=search,
-            phone_keys=phone_keys,
+            phone_keys=phone.keys,
+            phone_whole=phone.whole,
             created_after=utc(created_after),
             created_before=utc(created_before),
             partner_id=(caller.partner_id,),
             return_status=tuple(dict.fromkeys(str(r) for r in return_status or ())),
         )
         await await_position(request, after)
-        rows, total = await read_view(
+        rows, total, following = await read_view(
             engine.lead_views.page(
                 workspace_id,
                 where,
                 page=page,
                 limit=limit,
-                sort_by=sort_by or "createdAt",
+                sort_by=sort,
                 descending=sort_order == "desc",
+                cursor=resume,
             )
         )
         items = await _partner_leads(request, caller.partner_id, [r["id"] for r in rows])
-        return {"items": items, "total": total, "page": page, "limit": limit}
+        return _listing(items, total, page, limit, following)
     assignees = _texts(assigned_to)
     where = LeadFilter(
         search=search,
-        phone_keys=phone_keys,
+        phone_keys=phone.keys,
+        phone_whole=phone.whole,
         pipeline_id=tuple(dict.fromkeys(pipeline_id or ())),
         stage_id=tuple(dict.fromkeys(stage_id or ())),
         source=_texts(source),
@@ -254,17 +271,50 @@ async def list_leads(
         deleted=deleted,
     )
     await await_position(request, after)
-    items, total = await read_view(
+    items, total, following = await read_view(
         engine.lead_views.page(
             workspace_id,
             where,
             page=page,
             limit=limit,
-            sort_by=sort_by or ("deletedAt" if deleted else "createdAt"),
+            sort_by=sort,
             descending=sort_order == "desc",
+            cursor=resume,
         )
     )
-    return {"items": items, "total": total, "page": page, "limit": limit}
+    return _listing(items, total, page, limit, following)
+
+
+def _cursor(text: str | None, sort_by: str, descending: bool, page: int) -> Cursor | None:
+    """The list's `cursor`, checked: one this API handed out for the same sort, and not
+    beside a `page` (they are two ways of saying where the page starts)."""
+    if text is None:
+        return None
+    if page != 1:
+        raise ApiError(422, "validation_failed", "give `cursor` or `page`, not both")
+    resume = Cursor.decode(text)
+    if resume is None:
+        raise ApiError(400, "bad_cursor", "the cursor is not one this API gave out")
+    if (resume.sort_by, resume.descending) != (sort_by, descending):
+        order = "desc" if resume.descending else "asc"
+        raise ApiError(
+            400,
+            "bad_cursor",
+            f"the cursor is for sortBy={resume.sort_by}&sortOrder={order}: ask with those",
+        )
+    return resume
+
+
+def _listing(
+    items: list[dict[str, Any]], total: int, page: int, limit: int, following: Cursor | None
+) -> dict[str, Any]:
+    return {
+        "items": items,
+        "total": total,
+        "page": page,
+        "limit": limit,
+        "nextCursor": following.encode() if following else None,
+    }
 
 
 @router.get("/leads/{lead_id}", dependencies=[StrictQuery])

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from domain.leads import tag_key
-from domain.normalize import phone_search_keys
+from domain.normalize import PhoneSearch, phone_search
 from domain.pipelines import InvalidPipeline, Pipeline, Stage, StageType
 from domain.workspaces import Permission, Workspace
 from gateways.consumers.read_models import LeadFilter, LeadsInStagesView
@@ -240,13 +240,14 @@ async def board(
         pipeline = await commands.load_pipeline(engine.store, workspace_id, pipeline_id)
     except PipelineNotFound as error:
         raise ApiError(404, "not_found", str(error)) from None
-    phone_keys: tuple[str, ...] = ()
+    phone = PhoneSearch()
     if search and search.strip():
-        phone_keys = tuple(phone_search_keys(search, await engine.intake.region_of(workspace_id)))
+        phone = phone_search(search, await engine.intake.region_of(workspace_id))
     assignees = [v.strip() for v in assigned_to or () if v.strip()]
     base = LeadFilter(
         search=search,
-        phone_keys=phone_keys,
+        phone_keys=phone.keys,
+        phone_whole=phone.whole,
         pipeline_id=(pipeline.id,),
         source=tuple(dict.fromkeys(v.strip().casefold() for v in source or () if v.strip())),
         assigned_to=tuple(dict.fromkeys(v for v in assignees if v.casefold() != "none")),

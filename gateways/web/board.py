@@ -13,7 +13,7 @@ from uuid import UUID
 import orjson
 
 from domain.leads import Status, tag_key
-from domain.normalize import phone_search_keys
+from domain.normalize import PhoneSearch, phone_search
 from domain.pipelines import Pipeline
 from domain.users import User
 from domain.workspaces import Permission, Workspace
@@ -131,13 +131,13 @@ async def choose_pipeline(
 async def lead_filter(
     engine: Engine, workspace_id: UUID, pipeline: Pipeline, query: BoardQuery
 ) -> LeadFilter:
-    phone_keys: tuple[str, ...] = ()
+    phone = PhoneSearch()
     if query.search:
-        region = await engine.intake.region_of(workspace_id)
-        phone_keys = tuple(phone_search_keys(query.search, region))
+        phone = phone_search(query.search, await engine.intake.region_of(workspace_id))
     return LeadFilter(
         search=query.search or None,
-        phone_keys=phone_keys,
+        phone_keys=phone.keys,
+        phone_whole=phone.whole,
         pipeline_id=(pipeline.id,),
         source=(query.source.casefold(),) if query.source else (),
         tag=(tag_key(query.tag),) if query.tag else (),
@@ -221,16 +221,8 @@ async def column_counts(
 ) -> dict[str, int]:
     """Every column's count under the board's filters, in one query."""
     base = await lead_filter(engine, workspace_id, pipeline, query)
-    args: list[Any] = []
-    condition = base.where(workspace_id, args)
-    async with engine.pool.acquire() as conn:
-        rows = await conn.fetch(
-            f"SELECT stage_id, count(*) FROM {engine.lead_views.table} "
-            f"WHERE {condition} GROUP BY stage_id",
-            *args,
-        )
-    counted = {str(row[0]): int(row[1]) for row in rows if row[0] is not None}
-    return {str(stage.id): counted.get(str(stage.id), 0) for stage in pipeline.stages}
+    counted = await engine.lead_views.stage_counts(workspace_id, base)
+    return {str(stage.id): counted.get(stage.id, 0) for stage in pipeline.stages}
 
 
 async def cards_by_id(

@@ -334,7 +334,8 @@ async def load_dashboard(engine: Engine, workspace_id: UUID, wanted: str) -> Das
             stage_ids,
         )
         here_rows = await conn.fetch(
-            "SELECT stage_id, count(*) AS n FROM leads "
+            # The counts the leads view keeps: a handful of rows however many leads.
+            "SELECT stage_id, sum(leads)::bigint AS n FROM lead_counts "
             "WHERE workspace_id = $1 AND pipeline_id = $2 AND stage_id = ANY($3::uuid[]) "
             "AND NOT deleted GROUP BY stage_id",
             workspace_id,
