@@ -12,13 +12,13 @@ from pathlib import Path
 
 import uvloop
 
-from bench.board import bench_board
 from bench.deliveries import bench_deliveries
 from bench.end_to_end import bench_end_to_end
 from bench.ingest import bench_ingest
 from bench.messages import bench_messages
 from bench.nats_bulk import bench_nats_bulk
 from bench.projections import run_projection_benchmarks
+from bench.reads import bench_reads
 from bench.report import Report
 from bench.store import run_store_benchmarks
 from bench.submissions import bench_submissions
@@ -50,7 +50,7 @@ def main() -> int:
         uvloop.run(bench_deliveries(report, database_url, nats_url))
         uvloop.run(bench_submissions(report, database_url, nats_url))
         uvloop.run(bench_messages(report, database_url, nats_url))
-        asyncio.run(bench_board(report, database_url, nats_url))
+        asyncio.run(bench_reads(report, database_url, nats_url))
     report.print()
     return 0
 
