@@ -53,6 +53,7 @@ PARTNER_PARAMETERS = frozenset(
         "limit",
         "sortBy",
         "sortOrder",
+        "cursor",
         "after",
     }
 )

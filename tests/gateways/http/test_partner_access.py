@@ -177,6 +177,17 @@ async def test_a_partner_token_reads_only_the_leads_referred_to_it(
     assert [i["id"] for i in by_phone["items"]] == [mine["id"]]
     oldest = await listed(client, token, position, sortBy="requestId", sortOrder="asc", limit=1)
     assert [i["id"] for i in oldest["items"]] == [mine["id"]] and oldest["total"] == 2
+    following = await listed(
+        client,
+        token,
+        position,
+        sortBy="requestId",
+        sortOrder="asc",
+        limit=1,
+        cursor=oldest["nextCursor"],
+    )
+    assert [i["id"] for i in following["items"]] == [second["id"]]
+    assert following["nextCursor"] is None
     for params in ({"status": "new"}, {"partnerId": partner["id"]}, {"deleted": "true"}):
         refused = await client.get("/v1/leads", params=params, headers=token)
         assert refused.status_code == 400, refused.text
