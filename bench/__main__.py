@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvloop
 
+from bench.csv_import import bench_csv_import
 from bench.deliveries import bench_deliveries
 from bench.end_to_end import bench_end_to_end
 from bench.ingest import bench_ingest
@@ -45,6 +46,7 @@ def main() -> int:
         asyncio.run(bench_ingest(report, database_url, nats_url, library_rate))
         asyncio.run(bench_end_to_end(report, database_url, nats_url, library_rate))
         asyncio.run(bench_nats_bulk(report, database_url, nats_url))
+        asyncio.run(bench_csv_import(report, database_url, nats_url))
         asyncio.run(run_projection_benchmarks(report, database_url))
         # on uvloop, as `leadlog up` and `leadlog serve` run the engine
         uvloop.run(bench_deliveries(report, database_url, nats_url))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -127,3 +127,10 @@ class MeteredIntake(LeadIntake):
         if receipt.replayed:
             self.metrics.replayed.labels(str(intake.source)).inc()
         return receipt
+
+    async def receive_many(self, intakes: Sequence[Intake]) -> list[Receipt | Exception]:
+        answers = await super().receive_many(intakes)
+        for intake, answer in zip(intakes, answers, strict=True):
+            if isinstance(answer, Receipt) and answer.replayed:
+                self.metrics.replayed.labels(str(intake.source)).inc()
+        return answers

@@ -1,4 +1,4 @@
-"""Streamed CSV import: rows parsed one at a time, leads appended with bounded concurrency."""
+"""Streamed CSV import: rows parsed one at a time, leads appended in chunks, bounded in flight."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from domain.csv_mapping import ColumnPlan, MappingError, RowError, Target, plan_
 from domain.leads import LeadDetails, MissingName, Source, resolve_name
 from handlers.intake import Intake, LeadIntake, Receipt
 
-DEFAULT_CONCURRENCY = 64
+DEFAULT_CONCURRENCY = 1024
+# Rows received together (one `receive_many`, so one group commit writes them all).
+CHUNK_ROWS = 256
 MAX_REASONS = 1000
 # A physical line longer than this is refused (its row rejected) instead of buffered forever.
 MAX_LINE_CHARS = 1024 * 1024
@@ -273,11 +275,19 @@ class CsvImport:
         self._plan: ColumnPlan | None = None
         self._failure: BaseException | None = None
 
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per chunk: at most `CHUNK_ROWS`, and small enough that two chunks fit in
+        `concurrency`, so that one chunk is prepared while another commits."""
+        return max(1, min(CHUNK_ROWS, self.concurrency // 2))
+
     async def run(self, chunks: AsyncIterator[bytes]) -> ImportReport:
         """Import everything; ImportRefused before any write, ImportInterrupted after some."""
         started = time.perf_counter()
         await self.intake.region_of(self.workspace_id)  # an unknown workspace fails here
-        queue: asyncio.Queue[_Row | None] = asyncio.Queue(maxsize=self.concurrency * 4)
+        workers_count = max(1, self.concurrency // self.chunk_rows)
+        queue: asyncio.Queue[list[_Row] | None] = asyncio.Queue(maxsize=workers_count * 2)
+        pending: list[_Row] = []
         splitter = RecordSplitter()
         workers: list[asyncio.Task[None]] = []
         interruption: BaseException | None = None
@@ -285,7 +295,7 @@ class CsvImport:
             async for chunk in chunks:
                 self.report.bytes_read += len(chunk)
                 for record in splitter.feed(chunk):
-                    await self._take(record, queue, workers)
+                    await self._take(record, pending, queue, workers, workers_count)
                     if self._failure is not None:
                         break
                 if self._failure is not None:
@@ -293,7 +303,7 @@ class CsvImport:
                 self._tell()
             else:
                 for record in splitter.finish():
-                    await self._take(record, queue, workers)
+                    await self._take(record, pending, queue, workers, workers_count)
                     if self._failure is not None:
                         break
             if self._plan is None:
@@ -306,6 +316,8 @@ class CsvImport:
         except BaseException:
             await self._stop(queue, workers, cancel=True)
             raise
+        if pending:
+            await queue.put(pending)
         await self._stop(queue, workers, cancel=False)
         self.report.seconds = time.perf_counter() - started
         self.report.finish()
@@ -317,7 +329,12 @@ class CsvImport:
         return self.report
 
     async def _take(
-        self, record: Record, queue: asyncio.Queue[_Row | None], workers: list[asyncio.Task[None]]
+        self,
+        record: Record,
+        pending: list[_Row],
+        queue: asyncio.Queue[list[_Row] | None],
+        workers: list[asyncio.Task[None]],
+        workers_count: int,
     ) -> None:
         blank = record.cells is not None and not any(c.strip() for c in record.cells)
         if self._plan is None:
@@ -327,7 +344,7 @@ class CsvImport:
             self.report.columns = self._plan.describe()
             workers.extend(
                 asyncio.create_task(self._work(queue), name=f"csv-import-{i}")
-                for i in range(self.concurrency)
+                for i in range(workers_count)
             )
             return
         if blank:
@@ -338,7 +355,11 @@ class CsvImport:
         if intake is None:
             self.report.reject(row, record.line, reason)
             return
-        await queue.put(_Row(row, record.line, intake))
+        pending.append(_Row(row, record.line, intake))
+        if len(pending) >= self.chunk_rows:
+            rows = pending.copy()
+            pending.clear()
+            await queue.put(rows)
 
     def _header(self, record: Record) -> ColumnPlan:
         if record.cells is None:
@@ -382,24 +403,29 @@ class CsvImport:
             "",
         )
 
-    async def _work(self, queue: asyncio.Queue[_Row | None]) -> None:
+    async def _work(self, queue: asyncio.Queue[list[_Row] | None]) -> None:
         while True:
-            item = await queue.get()
-            if item is None:
+            rows = await queue.get()
+            if rows is None:
                 return
             if self._failure is not None:
-                self.report.reject(item.row, item.line, "not imported: the import stopped")
+                for item in rows:
+                    self.report.reject(item.row, item.line, "not imported: the import stopped")
                 continue
+            results: list[Receipt | Exception]
             try:
-                receipt = await self.intake.receive(item.intake)
+                results = await self.intake.receive_many([item.intake for item in rows])
             except Exception as error:
+                results = [error] * len(rows)
+            for item, result in zip(rows, results, strict=True):
+                if isinstance(result, Receipt):
+                    self._count(result)
+                    continue
                 # The store is failing (the rows are checked already): stop reading, say so.
-                self._failure = self._failure or error
+                self._failure = self._failure or result
                 # Possibly committed with the answer lost: a retry with the same import id
                 # replays such a row instead of writing it twice.
-                self.report.reject(item.row, item.line, f"not confirmed written: {error!r}")
-                continue
-            self._count(receipt)
+                self.report.reject(item.row, item.line, f"not confirmed written: {result!r}")
 
     def _count(self, receipt: Receipt) -> None:
         report = self.report
@@ -409,7 +435,11 @@ class CsvImport:
         report.position = max(report.position, receipt.position)
 
     async def _stop(
-        self, queue: asyncio.Queue[_Row | None], workers: list[asyncio.Task[None]], *, cancel: bool
+        self,
+        queue: asyncio.Queue[list[_Row] | None],
+        workers: list[asyncio.Task[None]],
+        *,
+        cancel: bool,
     ) -> None:
         if cancel:
             for worker in workers:

@@ -128,6 +128,12 @@ class EventStore(Protocol):
 
     async def append(self, append: Append) -> Appended: ...
 
+    async def append_many(self, appends: Sequence[Append]) -> list[Appended | Exception]:
+        """Several independent commands, committed together where the store can: each is
+        decided on its own exactly as `append` would decide it, and fails alone (its
+        exception in its place in the answer)."""
+        ...
+
     async def load(
         self,
         cls: type[A],

@@ -9,7 +9,13 @@ from uuid import UUID
 
 from domain.base import Aggregate, DomainEvent, LoggedEvent
 from gateways.postgres.codec import EventCodec
-from gateways.postgres.log_store import NewRecord, PostgresLog, Record, RecordAppend
+from gateways.postgres.log_store import (
+    NewRecord,
+    PostgresLog,
+    Record,
+    RecordAppend,
+    RecordAppended,
+)
 from handlers.ports import Allocation, Append, Appended
 
 A = TypeVar("A", bound=Aggregate)
@@ -23,29 +29,45 @@ class PostgresEventStore:
         self.codec = codec or EventCodec()
 
     async def append(self, append: Append) -> Appended:
+        request, built = self._request(append)
+        return self._appended(append, built, await self.log.append(request))
+
+    async def append_many(self, appends: Sequence[Append]) -> list[Appended | Exception]:
+        requests = [self._request(append) for append in appends]
+        results = await self.log.append_many([request for request, _ in requests])
+        return [
+            result if isinstance(result, Exception) else self._appended(append, built, result)
+            for append, (_, built), result in zip(appends, requests, results, strict=True)
+        ]
+
+    def _request(self, append: Append) -> tuple[RecordAppend, list[DomainEvent]]:
+        """The record-level command, and the list its `build` fills with the domain events."""
         built: list[DomainEvent] = []
         build = append.build
+        encode = self.codec.encode
 
         def build_records(allocation: Allocation) -> Sequence[NewRecord]:
             assert build is not None
             built.clear()
             built.extend(build(allocation))
-            return [self.codec.encode(e) for e in built]
+            return [encode(e) for e in built]
 
-        result = await self.log.append(
-            RecordAppend(
-                workspace_id=append.workspace_id,
-                records=[self.codec.encode(e) for e in append.events],
-                build=build_records if build is not None else None,
-                expect=append.expect,
-                claims=append.claims,
-                releases=append.releases,
-                counters=append.counters,
-                limits=append.limits,
-                checkpoint=append.checkpoint,
-                idempotency=append.idempotency,
-            )
+        request = RecordAppend(
+            workspace_id=append.workspace_id,
+            records=[encode(e) for e in append.events],
+            build=build_records if build is not None else None,
+            expect=append.expect,
+            claims=append.claims,
+            releases=append.releases,
+            counters=append.counters,
+            limits=append.limits,
+            checkpoint=append.checkpoint,
+            idempotency=append.idempotency,
         )
+        return request, built
+
+    @staticmethod
+    def _appended(append: Append, built: list[DomainEvent], result: RecordAppended) -> Appended:
         if result.replayed:
             return Appended([], [], result.allocation, replayed=True)
         return Appended([*append.events, *built], result.positions, result.allocation)

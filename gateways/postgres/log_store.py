@@ -241,6 +241,27 @@ class PostgresLog:
         self._ensure_writers()
         return await future
 
+    async def append_many(
+        self, requests: Sequence[RecordAppend]
+    ) -> list[RecordAppended | Exception]:
+        """Append independent commands, queued together so that they share group commits;
+        each is decided and fails on its own, exactly as through `append`."""
+        if self._closing:
+            raise RuntimeError("the event store is closed")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[RecordAppended]] = []
+        for request in requests:
+            future: asyncio.Future[RecordAppended] = loop.create_future()
+            futures.append(future)
+            self._queue.put_nowait(_Pending(request, future))
+        self._ensure_writers()
+        results: list[RecordAppended | Exception] = []
+        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome
+            results.append(outcome)
+        return results
+
     def _ensure_writers(self) -> None:
         """Two writers, so one batch's Python work overlaps the other's commit (the append
         lock still lets only one of them draw positions at a time). A writer that ended

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -30,6 +30,7 @@ from gateways.nats.intake import (
     Rejected,
     intake_subject,
     parse_subject,
+    pull,
     stream_name,
 )
 from gateways.postgres.event_store import PostgresEventStore
@@ -439,24 +440,105 @@ async def test_dead_letters_list_newest_first_across_windows(
     assert [v.event.subject for v in theirs] == [f"s.{i}" for i in reversed(range(0, 30, 3))]
 
 
+async def test_a_fetched_batch_commits_together_and_refused_messages_go_alone(
+    engine: Engine, workspace_id: UUID, js: JetStreamContext, make_worker: Factory
+) -> None:
+    subject = intake_subject(engine.settings.nats_prefix, workspace_id, "crm")
+    await (await make_worker()).stop()  # the stream, so that everything waits in it
+    bad = {
+        7: (b'{"company": "Acme"}', Reason.NAME_REQUIRED),
+        19: (orjson.dumps({"name": "X", "customerId": str(uuid.uuid4())}), Reason.UNKNOWN_CUSTOMER),
+        33: (b'{"name": ', Reason.MALFORMED_JSON),
+    }
+    for i in range(120):
+        body = (
+            bad[i][0] if i in bad else orjson.dumps({"name": f"P{i}", "email": f"p{i % 40}@x.io"})
+        )
+        await publish(js, subject, body, msg_id=f"b-{i}")
+    batches_before, commands_before = engine.log.batches, engine.log.commands
+    worker = await make_worker(fetch_batch=64)
+    await wait_until(lambda: settled(js, worker), what="every message acked or terminated")
+    leads = await received(engine, workspace_id)
+    assert sorted(lead.name for lead in leads) == sorted(
+        f"P{i}" for i in range(120) if i not in bad
+    )
+    assert sorted(lead.request_id for lead in leads) == list(range(1, 118))
+    assert sum(not lead.is_duplicate for lead in leads) == 40  # one original per address
+    letters = await list_dead_letters(engine.store)
+    assert sorted((letter.event.msg_id, letter.event.reason) for letter in letters) == sorted(
+        (f"b-{i}", reason) for i, (_, reason) in bad.items()
+    )
+    assert (worker.acked, worker.dead_lettered, worker.retried) == (117, 3, 0)
+    assert deliveries(await consumer(js, worker)) == (120, 120)  # nothing redelivered
+    # the leads went in a few shared commits (the three dead letters, one each)
+    assert engine.log.commands - commands_before == 120
+    assert engine.log.batches - batches_before <= 10
+    await worker.stop()
+
+
+async def test_pull_takes_what_is_there_and_waits_for_what_comes(
+    engine: Engine, workspace_id: UUID, js: JetStreamContext, make_worker: Factory
+) -> None:
+    worker = await make_worker()
+    await worker.stop()
+    sub = await js.pull_subscribe_bind(consumer=worker.durable, stream=worker.stream)
+    subject = intake_subject(engine.settings.nats_prefix, workspace_id, "crm")
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await pull(sub, 10, 0.3)  # nothing there: a lingering request that expires
+        assert 0.25 < time.monotonic() - started < 2
+        for i in range(5):
+            await publish(js, subject, {"name": f"P{i}"})
+        started = time.monotonic()
+        first = await pull(sub, 3, 5.0)
+        rest = await pull(sub, 10, 5.0)  # fewer than asked: answered at once, not at 5 s
+        assert time.monotonic() - started < 2
+        assert [m.metadata.sequence.stream for m in first + rest] == [1, 2, 3, 4, 5]
+        for msg in first + rest:
+            await msg.ack()
+
+        async def later() -> None:
+            await asyncio.sleep(0.2)
+            await publish(js, subject, {"name": "Late"})
+
+        publisher = asyncio.create_task(later())
+        (late,) = await pull(sub, 10, 1.0)
+        await publisher
+        assert orjson.loads(late.data) == {"name": "Late"}
+        await late.ack()
+        assert sub.pending_bytes == 0  # what was taken is off nats-py's slow-consumer count
+    finally:
+        await sub.unsubscribe()
+
+
 # ---- restarts ------------------------------------------------------------------------------
 
 
 class CommitThenHang(LeadIntake):
-    """Commits every lead, then never returns for every 7th: a crash between commit and ack."""
+    """Commits every lead (or batch of leads), then never returns for every 7th call: a
+    crash between commit and ack."""
 
     def __init__(self, store: PostgresEventStore) -> None:
         super().__init__(store)
         self.calls = 0
         self.hung = 0
 
-    async def receive(self, intake: Intake) -> Receipt:
-        receipt = await super().receive(intake)
+    async def _hang_now_and_then(self) -> None:
         self.calls += 1
         if self.calls % 7 == 0:
             self.hung += 1
             await asyncio.Event().wait()
+
+    async def receive(self, intake: Intake) -> Receipt:
+        receipt = await super().receive(intake)
+        await self._hang_now_and_then()
         return receipt
+
+    async def receive_many(self, intakes: Sequence[Intake]) -> list[Receipt | Exception]:
+        receipts = await super().receive_many(intakes)
+        await self._hang_now_and_then()
+        return receipts
 
 
 async def test_restart_mid_stream_loses_and_duplicates_nothing(
@@ -549,6 +631,15 @@ class FlakyStore(PostgresEventStore):
             self.failed += 1
             raise self.error("connection refused (simulated)")
         return await super().append(append)
+
+    async def append_many(self, appends: Sequence[Append]) -> list[Appended | Exception]:
+        answers: list[Appended | Exception] = []
+        for outcome in await asyncio.gather(
+            *(self.append(append) for append in appends), return_exceptions=True
+        ):
+            assert not isinstance(outcome, BaseException) or isinstance(outcome, Exception)
+            answers.append(outcome)
+        return answers
 
 
 async def test_transient_failures_are_retried_not_dead_lettered(
@@ -655,6 +746,9 @@ class Hang(LeadIntake):
         self.calls += 1
         await self.release.wait()
         raise ConnectionError("gave up (simulated)")
+
+    async def receive_many(self, intakes: Sequence[Intake]) -> list[Receipt | Exception]:
+        return [await self.receive(intake) for intake in intakes]
 
 
 async def test_a_message_the_server_stops_redelivering_leaves_a_dead_letter(

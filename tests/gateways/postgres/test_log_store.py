@@ -345,6 +345,57 @@ async def test_group_commit_batches_and_fails_only_the_conflicting_command(
         await log.close()
 
 
+async def test_append_many_shares_commits_and_decides_each_command_alone(
+    log: PostgresLog,
+) -> None:
+    """A bulk append is many commands, not one: each keeps its own checks, claims, counter
+    value and idempotency, and a failing one (build, exclusive claim) takes nothing with it."""
+    await log.append(RecordAppend(WS, records=[new()], claims=[Claim("taken", uuid4(), True)]))
+    await log.append(RecordAppend(WS, records=[new()], idempotency=Claim("idem:done", uuid4())))
+    batches_before = log.batches
+    owners = [uuid4() for _ in range(300)]
+    commands: list[RecordAppend] = []
+    for i, owner in enumerate(owners):
+        aggregate = uuid4()
+        commands.append(
+            RecordAppend(
+                WS,
+                build=_numbered(aggregate, fail=i == 7),
+                claims=[
+                    Claim(f"email:{i % 10}", owner),  # shared: the first of each ten holds it
+                    *([Claim("taken", owner, exclusive=True)] if i == 11 else []),
+                ],
+                counters=["ws:requests"],
+                idempotency=Claim("idem:done" if i == 13 else f"idem:{i % 250}", owner),
+            )
+        )
+    results = await log.append_many(commands)
+
+    assert len(results) == 300
+    assert isinstance(results[7], BuildFailed)
+    assert isinstance(results[11], ReservationTaken)
+    replayed = {i for i, r in enumerate(results) if isinstance(r, RecordAppended) and r.replayed}
+    # 13 retries a committed command; 250..299 retry 0..49 of this very batch, except those
+    # whose first try failed or was itself a retry (7, 11, 13): those are first tries now
+    retries = {i for i in range(250, 300) if i % 250 not in (7, 11, 13)}
+    assert replayed == {13, *retries}
+    written = [r for r in results if isinstance(r, RecordAppended) and not r.replayed]
+    assert len(written) == 300 - 2 - len(replayed)
+    assert sorted(r.allocation.counter("ws:requests") for r in written) == list(
+        range(1, len(written) + 1)
+    )
+    assert await log.counter("ws:requests") == len(written)
+    for i in range(10):
+        first = next(j for j in range(300) if j % 10 == i and j not in (7, 11, 13))
+        assert await log.holder(f"email:{i}") == owners[first]
+    for i in retries:
+        result = results[i]
+        assert isinstance(result, RecordAppended) and not result.records
+        assert result.allocation.holder(f"idem:{i % 250}") == owners[i % 250]
+    assert await log.holder("taken") != owners[11]
+    assert log.batches - batches_before <= 2  # shared commits, not one per command
+
+
 # ---- 3. counters ----------------------------------------------------------------------------
 
 
