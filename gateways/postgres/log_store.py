@@ -523,7 +523,15 @@ class PostgresLog:
             f"ORDER BY position LIMIT ${len(args)}"
         )
         async with self.pool.acquire() as conn:
-            return [_record(row) for row in await conn.fetch(sql, *args)]
+            if len(conditions) == 1:
+                return [_record(row) for row in await conn.fetch(sql, *args)]
+            # A filtered read is planned for its values: after five runs of a prepared
+            # statement PostgreSQL may switch to a generic plan, and the generic plan of
+            # "this workspace's pipeline.created" walks the whole log by position
+            # (measured: 0.06 ms custom, 757 ms generic, over a million events).
+            async with conn.transaction():
+                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                return [_record(row) for row in await conn.fetch(sql, *args)]
 
     async def read_stream(
         self,
