@@ -47,6 +47,19 @@ def test_fast_path_never_disagrees_with_email_validator() -> None:
     assert [e for e in accepted if not library_says_valid(e)] == []
 
 
+def test_plain_addresses_on_special_use_domains_are_refused_as_the_library_does() -> None:
+    rng = random.Random(11)
+    domains = ["test", "bench.test", "x.localhost", "a.b.local", "invalid", "y.onion", "z.arpa"]
+    corpus = [
+        f"{''.join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(1, 10)))}"
+        f"{rng.randint(0, 99_999)}@{rng.choice(domains)}"
+        for _ in range(3_000)
+    ]
+    answered = {email: normalise_email(email).valid for email in corpus}
+    assert not any(answered.values())
+    assert [e for e in corpus if library_says_valid(e)] == []
+
+
 def test_email_is_trimmed_lowered_and_flagged() -> None:
     assert normalise_email(" Ann@Example.COM ").normal == "ann@example.com"
     assert normalise_email("ann@example.com").valid is True
