@@ -129,3 +129,22 @@ def parse_form(body: bytes) -> dict[str, Any]:
         else:
             data[key] = value
     return data
+
+
+def nul_at(data: Any) -> list[str | int] | None:
+    """Where the first NUL character is in `data`'s keys or strings (a path of keys and
+    indexes), or None. PostgreSQL's text and jsonb cannot hold one."""
+    stack: list[tuple[Any, list[str | int]]] = [(data, [])]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    return [*path, key]
+                stack.append((item, [*path, key]))
+        elif isinstance(value, list):
+            stack.extend((item, [*path, i]) for i, item in enumerate(value))
+    return None

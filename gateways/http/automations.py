@@ -21,7 +21,7 @@ from domain.workspaces import Permission
 from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
 from gateways.http.inbound_webhooks import documented_body
-from gateways.http.payloads import parse_json_object, validation_error
+from gateways.http.payloads import parse_settings_object, validation_error
 from gateways.http.query import StrictQuery
 from gateways.http.timeline import await_view, lead_in_workspace, table_of
 from gateways.http.views import After
@@ -117,7 +117,7 @@ async def _run(command: Callable[[], Awaitable[T]]) -> T:
 async def _body(request: Request) -> dict[str, Any]:
     if not is_json(request.headers.get("content-type")):
         raise ApiError(415, "unsupported_media_type", "send the automation as application/json")
-    return parse_json_object(await request.body())
+    return parse_settings_object(await request.body(), "automation")
 
 
 def _check_delays(data: dict[str, Any]) -> None:

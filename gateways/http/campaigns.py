@@ -25,7 +25,7 @@ from domain.workspaces import Permission
 from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
 from gateways.http.inbound_webhooks import documented_body
-from gateways.http.payloads import parse_json_object, validation_error
+from gateways.http.payloads import parse_settings_object, validation_error
 from gateways.http.query import StrictQuery
 from gateways.http.timeline import await_view, table_of
 from gateways.http.views import After
@@ -94,7 +94,7 @@ async def _run(command: Callable[[], Awaitable[T]]) -> T:
 async def _body(request: Request) -> dict[str, Any]:
     if not is_json(request.headers.get("content-type")):
         raise ApiError(415, "unsupported_media_type", "send the campaign as application/json")
-    return parse_json_object(await request.body())
+    return parse_settings_object(await request.body(), "campaign")
 
 
 def _targets(config: CampaignConfig) -> Iterator[tuple[str, str]]:
@@ -384,7 +384,7 @@ async def replace_routing_rules(request: Request, caller: Manager) -> dict[str, 
     ws = workspace_of(caller, request)
     if not is_json(request.headers.get("content-type")):
         raise ApiError(415, "unsupported_media_type", "send the rules as application/json")
-    data = parse_json_object(await request.body())
+    data = parse_settings_object(await request.body(), "routing rules")
     try:
         config = RoutingConfig.model_validate(data)
     except ValidationError as error:

@@ -37,7 +37,12 @@ from gateways.bootstrap import Engine
 from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError, JsonResponse
 from gateways.http.inbound_webhooks import documented_body
-from gateways.http.payloads import parse_form, parse_json_object, validation_error
+from gateways.http.payloads import (
+    parse_form,
+    parse_json_object,
+    parse_settings_object,
+    validation_error,
+)
 from gateways.http.query import StrictQuery
 from gateways.http.timeline import table_of
 from gateways.settings import Settings
@@ -153,7 +158,7 @@ async def _run(command: Callable[[], Awaitable[T]]) -> T:
 async def _body(request: Request) -> dict[str, Any]:
     if not is_json(request.headers.get("content-type")):
         raise ApiError(415, "unsupported_media_type", "send the channel as application/json")
-    data = parse_json_object(await request.body())
+    data = parse_settings_object(await request.body(), "channel")
     return {k: v for k, v in data.items() if k not in READ_ONLY}
 
 

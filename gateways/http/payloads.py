@@ -25,6 +25,24 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise _api_error(error) from None
 
 
+def parse_settings_object(body: bytes, resource: str) -> dict[str, Any]:
+    """A JSON object that configures something (a campaign, an automation, a channel):
+    as `parse_json_object`, and a 422 naming the field for a NUL character anywhere in it.
+    Lead text is cleaned of control characters instead; settings are taken as given, and a
+    NUL would reach the views' text and jsonb columns, which cannot hold one."""
+    data = parse_json_object(body)
+    path = payloads.nul_at(data)
+    if path is not None:
+        where = ".".join(str(p) for p in path) or "the body"
+        raise ApiError(
+            422,
+            "validation_failed",
+            f"the {resource} is not valid: {where} holds a NUL character (\\u0000)",
+            [{"location": ["body", *path], "message": "NUL character", "type": "nul"}],
+        )
+    return data
+
+
 def check_shape(data: Any) -> None:
     """At most `MAX_DEPTH` levels and `MAX_FIELDS` fields, or the 422 saying which."""
     try:
