@@ -29,21 +29,28 @@ def _free_port() -> int:
         return port
 
 
-def start_api(
-    database_url: str, nats_url: str, schema: str, *command: str
-) -> tuple[subprocess.Popen[bytes], int]:
-    """`leadlog serve api` (or `command`, e.g. `up`) on a free port against these servers."""
-    port = _free_port()
-    env = {
+def leadlog_env(database_url: str, nats_url: str, schema: str) -> dict[str, str]:
+    """The environment of a `leadlog` command on these servers, in a schema of its own."""
+    return {
         **os.environ,
         "LEADLOG_DATABASE_URL": database_url,
         "LEADLOG_NATS_URL": nats_url,
         "LEADLOG_DATABASE_SCHEMA": schema,
         "LEADLOG_NATS_PREFIX": schema,
         "LEADLOG_DATA_DIR": str(Path(".bench") / schema),
+        "LEADLOG_LOG_LEVEL": "warning",
+    }
+
+
+def start_api(
+    database_url: str, nats_url: str, schema: str, *command: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`leadlog serve api` (or `command`, e.g. `up`) on a free port against these servers."""
+    port = _free_port()
+    env = {
+        **leadlog_env(database_url, nats_url, schema),
         "LEADLOG_HTTP_PORT": str(port),
         "LEADLOG_ADMIN_TOKEN": TOKEN,
-        "LEADLOG_LOG_LEVEL": "warning",
     }
     leadlog = str(Path(sys.executable).parent / "leadlog")
     process = subprocess.Popen(

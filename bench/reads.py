@@ -29,7 +29,7 @@ import asyncpg
 import httpx
 import orjson
 
-from bench.ingest import TOKEN, start_api
+from bench.ingest import TOKEN, leadlog_env, start_api
 from bench.report import Report
 from domain.leads import Lead, LeadDetails, Source, Status
 from gateways.postgres.codec import EventCodec
@@ -211,15 +211,7 @@ async def _fill(
 
 def _rebuild(database_url: str, nats_url: str, schema: str) -> float:
     """`leadlog rebuild leads` as an operator runs it; the events per second it reports."""
-    env = {
-        **os.environ,
-        "LEADLOG_DATABASE_URL": database_url,
-        "LEADLOG_NATS_URL": nats_url,
-        "LEADLOG_DATABASE_SCHEMA": schema,
-        "LEADLOG_NATS_PREFIX": schema,
-        "LEADLOG_DATA_DIR": str(Path(".bench") / schema),
-        "LEADLOG_LOG_LEVEL": "warning",
-    }
+    env = leadlog_env(database_url, nats_url, schema)
     leadlog = str(Path(sys.executable).parent / "leadlog")
     done = subprocess.run(
         [leadlog, "rebuild", "leads", "--json"],

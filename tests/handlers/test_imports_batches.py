@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from uuid import UUID
 
 import pytest
 
-from domain.leads import Lead
 from gateways.postgres.event_store import PostgresEventStore
 from handlers.imports import CsvImport, ImportInterrupted
 from handlers.intake import Intake, LeadIntake, Receipt, request_counter
 from handlers.workspaces import create_workspace
+from tests.handlers.test_intake_batches import received
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -41,15 +40,6 @@ def csv_file() -> bytes:
 async def in_chunks(data: bytes, size: int = 4096) -> AsyncIterator[bytes]:
     for start in range(0, len(data), size):
         yield data[start : start + size]
-
-
-async def received(store: PostgresEventStore, workspace_id: UUID) -> list[Lead.Received]:
-    events: list[Lead.Received] = []
-    after = 0
-    while page := await store.read(after, 1000, ["lead.received"], workspace_id=workspace_id):
-        events.extend(e.event for e in page if isinstance(e.event, Lead.Received))
-        after = page[-1].position
-    return events
 
 
 async def test_a_failed_chunk_stops_the_import_and_the_report_names_every_row(
