@@ -204,8 +204,20 @@ class Cursor:
         except (ValueError, TypeError, UnicodeError, orjson.JSONDecodeError):
             return None
 
+    @classmethod
+    def of_column(cls, text: str) -> Cursor | None:
+        """A board column's cursor (newest first); None for anything else."""
+        cursor = cls.decode(text)
+        return cursor if cursor is not None and cursor.order == COLUMN_ORDER else None
+
+    @property
+    def order(self) -> tuple[str, bool]:
+        return self.sort_by, self.descending
+
 
 DATED = frozenset({"createdAt", "updatedAt", "deletedAt"})
+COLUMN_ORDER = ("createdAt", True)
+"""How a board column is sorted: newest first."""
 
 
 LEAD_COLUMNS = (
@@ -446,16 +458,18 @@ class LeadViews:
         where: LeadFilter,
         *,
         limit: int,
-        cursor: tuple[datetime, UUID] | None,
-    ) -> tuple[list[dict[str, Any]], int, tuple[datetime, UUID] | None]:
-        """One board column: its count and a page of cards, newest first, keyset-paged."""
+        cursor: Cursor | None,
+    ) -> tuple[list[dict[str, Any]], int, Cursor | None]:
+        """One board column: its count and a page of cards, newest first, keyset-paged
+        (`cursor`: one `Cursor.of_column` accepted)."""
+        after = (cursor.key, cursor.lead_id) if cursor is not None else None
         count, rows = await self._cut(
-            workspace_id, where, _Page("created_at", True, limit, 0, cursor)
+            workspace_id, where, _Page("created_at", True, limit, 0, after)
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = (rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
-        return [lead_row_json(r) for r in rows], count, next_cursor
+        following = Cursor(*COLUMN_ORDER, rows[-1]["created_at"], rows[-1]["id"]) if more else None
+        return [lead_row_json(r) for r in rows], count, following
 
     async def stage_counts(self, workspace_id: UUID, where: LeadFilter) -> dict[UUID, int]:
         """Every stage's count under `where`, in one query (from `lead_counts` when they

@@ -6,14 +6,11 @@ land (`POST /v1/lead-pipelines/{id}/activate`); `isDefault` is kept as its other
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import replace
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -21,7 +18,7 @@ from domain.leads import tag_key
 from domain.normalize import PhoneSearch, phone_search
 from domain.pipelines import InvalidPipeline, Pipeline, Stage, StageType
 from domain.workspaces import Permission, Workspace
-from gateways.consumers.read_models import LeadFilter, LeadsInStagesView
+from gateways.consumers.read_models import Cursor, LeadFilter, LeadsInStagesView
 from gateways.http.auth import actor_of, engine_of, requires, workspace_of
 from gateways.http.errors import ApiError
 from gateways.http.query import StrictQuery
@@ -198,21 +195,13 @@ async def delete_pipeline(pipeline_id: UUID, request: Request, caller: Manager) 
     return {"id": str(pipeline_id), "deleted": True, "position": position}
 
 
-def _encode_cursor(cursor: tuple[datetime, UUID] | None) -> str | None:
+def _column_cursor(text: str | None) -> Cursor | None:
+    if not text:
+        return None
+    cursor = Cursor.of_column(text)
     if cursor is None:
-        return None
-    raw = orjson.dumps([cursor[0].isoformat(), str(cursor[1])])
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode_cursor(cursor: str | None) -> tuple[datetime, UUID] | None:
-    if not cursor:
-        return None
-    try:
-        created, lead_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), UUID(lead_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise ApiError(400, "bad_cursor", "the cursor is not one this API gave out") from None
+        raise ApiError(400, "bad_cursor", "the cursor is not one this API gave out")
+    return cursor
 
 
 @router.get("/{pipeline_id}/board", dependencies=[StrictQuery])
@@ -267,7 +256,7 @@ async def board(
                 workspace_id,
                 replace(base, stage_id=(stage.id,)),
                 limit=limit,
-                cursor=_decode_cursor(cursor) if stage_id is not None else None,
+                cursor=_column_cursor(cursor) if stage_id is not None else None,
             )
         )
         columns.append(
@@ -278,7 +267,7 @@ async def board(
                 "type": stage.type,
                 "count": count,
                 "cards": cards,
-                "nextCursor": _encode_cursor(next_cursor),
+                "nextCursor": next_cursor.encode() if next_cursor else None,
             }
         )
     return {"pipelineId": str(pipeline.id), "name": pipeline.name, "columns": columns}

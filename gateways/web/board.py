@@ -4,13 +4,9 @@ read from the leads view (the same read model as `GET /v1/lead-pipelines/{id}/bo
 from __future__ import annotations
 
 import asyncio
-import base64
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 from uuid import UUID
-
-import orjson
 
 from domain.leads import Status, tag_key
 from domain.normalize import PhoneSearch, phone_search
@@ -19,7 +15,7 @@ from domain.users import User
 from domain.workspaces import Permission, Workspace
 from gateways.bootstrap import Engine
 from gateways.consumers.consumer_state import live_consumer
-from gateways.consumers.read_models import LEAD_COLUMNS, LeadFilter, lead_row_json
+from gateways.consumers.read_models import LEAD_COLUMNS, Cursor, LeadFilter, lead_row_json
 from gateways.web.pages import environment
 from handlers import pipelines as pipeline_commands
 from handlers import users as user_commands
@@ -95,22 +91,6 @@ class Board:
     """A log position the columns reflect: the live updates start after it."""
 
 
-def encode_cursor(cursor: tuple[datetime, UUID] | None) -> str | None:
-    if cursor is None:
-        return None
-    raw = orjson.dumps([cursor[0].isoformat(), str(cursor[1])])
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, UUID] | None:
-    """The cursor a "load more" link carries; None for one this app did not make."""
-    try:
-        created, lead_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), UUID(lead_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        return None
-
-
 async def choose_pipeline(
     engine: Engine, workspace_id: UUID, wanted: str
 ) -> tuple[Pipeline, list[Pipeline]]:
@@ -170,7 +150,15 @@ async def load_board(engine: Engine, workspace_id: UUID, query: BoardQuery) -> B
         user_names(engine, workspace_id),
     )
     columns = [
-        Column(stage.id, stage.name, stage.color, stage.type, count, cards, encode_cursor(cursor))
+        Column(
+            stage.id,
+            stage.name,
+            stage.color,
+            stage.type,
+            count,
+            cards,
+            cursor.encode() if cursor else None,
+        )
         for stage, (cards, count, cursor) in zip(pipeline.stages, pages, strict=True)
     ]
     return Board(pipeline, pipelines, columns, names, position)
@@ -183,7 +171,7 @@ async def more_cards(
     cursor is not one this app gave out."""
     pipeline, _ = await choose_pipeline(engine, workspace_id, query.pipeline)
     stage = next((s for s in pipeline.stages if s.id == stage_id), None)
-    after = decode_cursor(cursor)
+    after = Cursor.of_column(cursor)
     if stage is None or after is None:
         return None
     base = await lead_filter(engine, workspace_id, pipeline, query)
@@ -191,7 +179,13 @@ async def more_cards(
         workspace_id, replace(base, stage_id=(stage.id,)), limit=PAGE, cursor=after
     )
     column = Column(
-        stage.id, stage.name, stage.color, stage.type, count, cards, encode_cursor(next_cursor)
+        stage.id,
+        stage.name,
+        stage.color,
+        stage.type,
+        count,
+        cards,
+        next_cursor.encode() if next_cursor else None,
     )
     return column, await user_names(engine, workspace_id)
 
