@@ -266,3 +266,25 @@ async def test_while_the_counts_are_missing_reads_answer_503_and_the_dashboard_w
             "CREATE VIEW lead_counts AS SELECT * FROM "
             + engine.projector.tables("leads")["lead_counts"]
         )
+
+
+async def test_a_board_column_refuses_a_cursor_it_did_not_hand_out(
+    client: httpx.AsyncClient, ws: dict[str, Any]
+) -> None:
+    for i in range(3):
+        last = await add(client, ws, name=f"Lead {i}")
+    ascending = await leads(client, ws, limit=1, sortOrder="asc", after=last["position"])
+    board = f"/v1/lead-pipelines/{ws['pipeline']['id']}/board"
+    new = stage(ws, "New")
+    for cursor in ("garbage", ascending["nextCursor"]):
+        response = await client.get(
+            board, params={"stageId": new, "cursor": cursor}, headers=ws["h"]
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "bad_cursor"
+    first = await client.get(board, params={"stageId": new, "limit": 2}, headers=ws["h"])
+    [column] = first.json()["columns"]
+    following = await client.get(
+        board, params={"stageId": new, "limit": 2, "cursor": column["nextCursor"]}, headers=ws["h"]
+    )
+    assert [c["name"] for c in following.json()["columns"][0]["cards"]] == ["Lead 0"]
