@@ -6,7 +6,9 @@
   var drawer = null;
   var shownLead = null;
   var returnFocusTo = null;
-  var stale = false;
+  // A change learnt while the drawer was busy: the newest log position it reached (0 for
+  // none, Infinity when its position is unknown), shown once the drawer is free again.
+  var stale = 0;
 
   function ensureDrawer() {
     if (drawer) return drawer;
@@ -36,7 +38,7 @@
 
   function load(leadId, focus) {
     ensureDrawer();
-    stale = false;
+    stale = 0;
     var url = "/board/leads/" + encodeURIComponent(leadId) + (showAll() && shownLead === leadId ? "?all=1" : "");
     shownLead = leadId;
     drawer.dataset.leadId = leadId;
@@ -110,7 +112,7 @@
       box.hidden = true;
       var opener = drawer.querySelector('[data-confirm="' + box.id + '"]');
       if (opener) { opener.hidden = false; opener.focus(); }
-      if (stale && shownLead) load(shownLead, false);
+      catchUp();
     }
   });
 
@@ -180,7 +182,7 @@
 
   document.addEventListener("htmx:afterSwap", function (event) {
     if (!drawer || event.detail.target !== drawer) return;
-    stale = false;
+    if (stale <= shownPosition()) stale = 0;
     drawer.querySelectorAll("template[data-card-for]").forEach(placeCard);
     // A command re-rendered the drawer: keep focus inside it.
     if (!drawer.contains(document.activeElement)) {
@@ -189,22 +191,43 @@
     }
   });
 
+  function shownPosition() {
+    var inner = drawer && drawer.querySelector("[data-drawer-lead]");
+    return inner ? parseInt(inner.dataset.position || "0", 10) || 0 : 0;
+  }
+
+  // Someone is in the middle of something here (a note, a confirm, a request on its way).
+  function busy() {
+    var note = drawer.querySelector("textarea[name=value]");
+    return !!((note && note.value.trim()) || drawer.querySelector(".confirm:not([hidden])") ||
+      drawer.querySelector("[aria-busy], .htmx-request") || drawer.classList.contains("htmx-request"));
+  }
+
+  function catchUp() {
+    if (!stale || !drawer || drawer.hidden || !shownLead || busy()) return;
+    if (stale <= shownPosition()) { stale = 0; return; }
+    load(shownLead, false);
+  }
+
   // Changes learnt elsewhere (the board's live updates): refresh if it is this lead,
-  // unless the drawer itself made the change or a note is being written.
+  // unless the drawer itself made the change; while it is busy, refresh once it is free.
   document.addEventListener("leadlog:lead-changed", function (event) {
     var detail = event.detail || {};
     if (!drawer || drawer.hidden || detail.leadId !== shownLead || detail.source === "drawer") return;
-    var inner = drawer.querySelector("[data-drawer-lead]");
-    var shownUpTo = inner ? parseInt(inner.dataset.position || "0", 10) || 0 : 0;
-    if (detail.position && detail.position <= shownUpTo) return;
-    // Someone is in the middle of something here (a note, a confirm): refresh afterwards.
-    var note = drawer.querySelector("textarea[name=value]");
-    if ((note && note.value.trim()) || drawer.querySelector(".confirm:not([hidden])") ||
-        drawer.querySelector("[aria-busy], .htmx-request")) {
-      stale = true;
-      return;
-    }
-    load(shownLead, false);
+    var position = detail.position || Infinity;
+    if (position <= shownPosition()) return;
+    stale = Math.max(stale, position);
+    catchUp();
+  });
+
+  // A request of the drawer's own (the timeline toggle, older entries, a command) may have
+  // been on its way when a change arrived; once it is done, show what it missed.
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (!stale || !drawer || !(event.target === drawer || drawer.contains(event.target))) return;
+    window.setTimeout(catchUp, 0);
+  });
+  document.addEventListener("input", function (event) {
+    if (stale && drawer && drawer.contains(event.target)) window.setTimeout(catchUp, 0);
   });
 
   document.addEventListener("DOMContentLoaded", function () {

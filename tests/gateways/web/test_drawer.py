@@ -198,10 +198,6 @@ def test_assign_status_convert_delete_restore(page: Any, shop: dict[str, Any]) -
     assert lead_api(shop, lead_id)["deleted"] is False
 
 
-# Run with the slow tests: under the full parallel suite its live update (pushed over the
-# event stream to a browser driving a separate `leadlog up`) has missed its 15 s wait; on
-# its own, and with the slow tests, it passes.
-@pytest.mark.slow
 def test_the_timeline_toggle_and_older_entries(page: Any, shop: dict[str, Any]) -> None:
     lead_id = shop["leads"][2]
     for n in range(22):
@@ -222,17 +218,32 @@ def test_the_timeline_toggle_and_older_entries(page: Any, shop: dict[str, Any]) 
     expect(entries).to_have_count(total.json()["total"])
     positions = [int(p) for p in entries.evaluate_all("els => els.map(e => e.dataset.position)")]
     assert positions == sorted(positions, reverse=True)
+    expect(page.locator(".board[data-live=open]")).to_have_count(1)
+    page.evaluate(
+        "window.changesSeen = 0;"
+        "document.addEventListener('leadlog:lead-changed', () => { window.changesSeen += 1; })"
+    )
     # The toggle asks for action/webhook/message entries too (none hidden here: same list).
+    # Its request is held until a change made elsewhere has reached the page over the live
+    # stream, so the change arrives while the drawer is busy: once the toggle's answer is in,
+    # the drawer must still show the change.
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:  # Playwright cannot wrap a builtin such as `held.append`
+        held.append(route)
+
+    page.route("**/board/leads/*/timeline*", hold)
     drawer.locator("[data-timeline-toggle]").check()
-    expect(drawer.locator("[data-timeline-toggle]")).to_be_checked()
-    expect(entries.first).to_be_visible()
-    # A change made elsewhere reaches the open drawer (the board's live updates dispatch
-    # `leadlog:lead-changed`; the drawer refreshes itself).
+    assert until(lambda: held or page.wait_for_timeout(50))
     added = shop["http"].post(
         f"/v1/leads/{lead_id}/notes", json={"value": "from the API"}, headers=shop["headers"]
     )
     assert added.status_code == 201, added.text
     # The stream is pushed, not polled: on a busy 2-core machine it may take a few seconds.
+    assert until(lambda: page.evaluate("window.changesSeen") > 0, timeout=30)
+    held[0].continue_()
+    page.unroute("**/board/leads/*/timeline*")
+    expect(drawer.locator("[data-timeline-toggle]")).to_be_checked()
     expect(drawer.locator(".notes li").first).to_contain_text("from the API", timeout=15_000)
     expect(entries.first).to_contain_text("from the API", timeout=15_000)
 
