@@ -13,7 +13,7 @@ import orjson
 
 from bench.report import Report
 from gateways.bootstrap import start_engine
-from gateways.cli.serve import settle_garbage_collector
+from gateways.cli.common import settle_garbage_collector
 from gateways.nats.intake import NatsIntake
 from gateways.settings import Settings
 from handlers.intake import request_counter

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import os
 import signal
 import socket
@@ -19,7 +18,7 @@ import uvicorn
 import uvloop
 
 from gateways.bootstrap import Engine, start_engine
-from gateways.cli.common import command, err, fail, load_settings
+from gateways.cli.common import command, err, fail, load_settings, settle_garbage_collector
 from gateways.cli.processes import (
     STOP_TIMEOUT,
     ApiProcesses,
@@ -99,16 +98,6 @@ def _on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> Iterat
     finally:
         for sig, handler_before in previous.items():
             signal.signal(sig, handler_before)
-
-
-def settle_garbage_collector() -> None:
-    """Move what start-up allocated (modules, the app, pools) out of the collector's sight
-    and collect the young generations less often: a full collection over a long-lived heap
-    stalls every request in the process at once, and the engine's objects mostly live
-    either for a request or for the process."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 1000)
 
 
 def _exit_on_sigterm(signum: int, _: FrameType | None) -> None:
