@@ -111,13 +111,16 @@ class Projection(ABC):
     def create_sql(self, tables: Tables) -> str:
         """DDL for its tables under the concrete names in `tables`."""
 
-    def index_sql(self, tables: Tables) -> str:
+    def index_sql(self, tables: Tables) -> Sequence[str]:
         """DDL for its secondary indexes (`CREATE INDEX IF NOT EXISTS`), kept apart from
         `create_sql` so that a rebuild fills its new tables first and indexes them after:
         building an index over a full table is several times cheaper than keeping it up row
         by row, and a GIN index comes out whole, not with a long pending list every search
-        must scan. The live copy gets them with its tables."""
-        return ""
+        must scan. The live copy gets them with its tables.
+
+        One statement an index, the slowest first: a rebuild builds them side by side, on
+        as many connections as the machine has cores."""
+        return ()
 
     @abstractmethod
     async def apply(self, db: ProjectionDb, tables: Tables, events: Sequence[LoggedEvent]) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from domain.base import LoggedEvent
 from domain.leads import Lead, ReturnStatus, tag_key
 from domain.normalize import phone_digits
@@ -167,28 +169,30 @@ class LeadList(Projection):
             );
         """
 
-    def index_sql(self, tables: Tables) -> str:
+    def index_sql(self, tables: Tables) -> Sequence[str]:
         t = tables["leads"]
-        return f"""
-            CREATE INDEX IF NOT EXISTS {t}_workspace_created
-                ON {t} (workspace_id, created_at DESC, id DESC);
-            CREATE INDEX IF NOT EXISTS {t}_workspace_updated
-                ON {t} (workspace_id, updated_at DESC, id DESC);
-            CREATE INDEX IF NOT EXISTS {t}_tag_keys ON {t} USING gin (tag_keys) WITH ({GIN});
-            CREATE INDEX IF NOT EXISTS {t}_open_returns
-                ON {t} (workspace_id, created_at DESC) WHERE return_status = 'open';
-            CREATE INDEX IF NOT EXISTS {t}_contacts
-                ON {t} (workspace_id, contact_id) WHERE contact_id IS NOT NULL;
-            CREATE INDEX IF NOT EXISTS {t}_trash
-                ON {t} (workspace_id, deleted_at DESC, id DESC) WHERE deleted;
-            CREATE INDEX IF NOT EXISTS {t}_board
-                ON {t} (workspace_id, pipeline_id, stage_id, created_at DESC, id DESC);
-            CREATE INDEX IF NOT EXISTS {t}_request ON {t} (workspace_id, request_id);
-            CREATE INDEX IF NOT EXISTS {t}_phone_forms
-                ON {t} USING gin (string_to_array(phone_digits, ' ')) WITH ({GIN});
-            {trigram_index(f"{t}_search", t, "search", GIN)}
-            {trigram_index(f"{t}_phone_digits", t, "phone_digits", GIN)}
-        """
+        return (
+            # The trigram index on the search text takes most of the time (3 s of 5 at
+            # 200,000 leads): first, so the others are built beside it.
+            trigram_index(f"{t}_search", t, "search", GIN),
+            f"""CREATE INDEX IF NOT EXISTS {t}_phone_forms
+                ON {t} USING gin (string_to_array(phone_digits, ' ')) WITH ({GIN})""",
+            trigram_index(f"{t}_phone_digits", t, "phone_digits", GIN),
+            f"""CREATE INDEX IF NOT EXISTS {t}_board
+                ON {t} (workspace_id, pipeline_id, stage_id, created_at DESC, id DESC)""",
+            f"""CREATE INDEX IF NOT EXISTS {t}_workspace_created
+                ON {t} (workspace_id, created_at DESC, id DESC)""",
+            f"""CREATE INDEX IF NOT EXISTS {t}_workspace_updated
+                ON {t} (workspace_id, updated_at DESC, id DESC)""",
+            f"CREATE INDEX IF NOT EXISTS {t}_request ON {t} (workspace_id, request_id)",
+            f"CREATE INDEX IF NOT EXISTS {t}_tag_keys ON {t} USING gin (tag_keys) WITH ({GIN})",
+            f"""CREATE INDEX IF NOT EXISTS {t}_open_returns
+                ON {t} (workspace_id, created_at DESC) WHERE return_status = 'open'""",
+            f"""CREATE INDEX IF NOT EXISTS {t}_contacts
+                ON {t} (workspace_id, contact_id) WHERE contact_id IS NOT NULL""",
+            f"""CREATE INDEX IF NOT EXISTS {t}_trash
+                ON {t} (workspace_id, deleted_at DESC, id DESC) WHERE deleted""",
+        )
 
     async def apply(self, db: ProjectionDb, tables: Tables, events: Sequence[LoggedEvent]) -> None:
         t = tables["leads"]
@@ -208,7 +212,7 @@ class LeadList(Projection):
                         d.phone,
                         d.company,
                         d.title,
-                        json.dumps(list(d.tags)),
+                        _json(list(d.tags)),
                         str(event.source),
                         str(event.status),
                         event.pipeline_id,
@@ -217,12 +221,12 @@ class LeadList(Projection):
                         event.duplicate_of,
                         d.customer_id,
                         d.campaign_id,
-                        json.dumps(d.custom_fields),
-                        json.dumps(d.display_names),
+                        _json(d.custom_fields),
+                        _json(d.display_names),
                         _search_text(event.name, d.email, event.phone_normal or d.phone, d.company),
                         event.timestamp,
                         logged.position,
-                        json.dumps(_tag_keys(d.tags)),
+                        _json(_tag_keys(d.tags)),
                         phone_digits(event.phone_normal, d.phone),
                         event.lead_type_id,
                     )
@@ -327,7 +331,7 @@ class LeadList(Projection):
             values["company"],
             values["title"],
             tags,
-            json.dumps(custom),
+            _json(custom),
             search,
             event.timestamp,
             position,
@@ -374,6 +378,11 @@ class LeadList(Projection):
         )
         for row in inserted:
             counts[_count_key(row)] += 1
+
+
+def _json(value: object) -> str:
+    """A `jsonb` parameter; orjson, as the stdlib encoder was a twentieth of a rebuild."""
+    return orjson.dumps(value).decode()
 
 
 async def _count(db: ProjectionDb, table: str, counts: Counter[CountKey]) -> None:

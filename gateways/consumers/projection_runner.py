@@ -119,8 +119,10 @@ class Runner:
         until: int | None = None,
         live: bool = False,
         on_progress: Callable[[int], None] | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self.host = host
+        self.batch_size = batch_size or host.batch_size
         self.projection = projection
         self.consumer = consumer
         self.tables = tables
@@ -305,7 +307,7 @@ class Runner:
             return None
         if self._types is not None and not self._types:
             return _Batch(upto=head, full=False)
-        served = await host.tail.read(after, host.batch_size, stop=head, event_types=self._type_set)
+        served = await host.tail.read(after, self.batch_size, stop=head, event_types=self._type_set)
         if served is not None:
             batch = _Batch(upto=served.upto, full=served.full)
             for entry in served.entries:
@@ -318,9 +320,9 @@ class Runner:
         records: list[Record] = []
         if self._types is None or self._types:
             records = await host.log.read(
-                after, host.batch_size, stop=head, event_types=self._types
+                after, self.batch_size, stop=head, event_types=self._types
             )
-        full = len(records) >= host.batch_size
+        full = len(records) >= self.batch_size
         # Positions become visible in order (the append lock), so once `head` is visible
         # nothing at or below it can still appear: a filtered read that came back short has
         # seen every event this projection cares about up to `head`.

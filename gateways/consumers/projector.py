@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Callable, Sequence
 
 import asyncpg
@@ -40,6 +41,11 @@ from handlers.ports import Checkpoint
 from projections.base import Projection, Tables, check_identifier
 
 log = structlog.get_logger(__name__)
+
+
+BUILD_BATCH = 2000
+"""Events a batch when filling tables nobody reads yet: a rebuild of 200,000 leads took
+15.5 s in batches of 2,000 against 17-20 s in the live runners' 500."""
 
 
 class Projector:
@@ -297,16 +303,22 @@ class Projector:
             await conn.execute(projection.create_sql(tables))
         if until is None:
             until = await self.log.max_position()
-        runner = Runner(self, projection, consumer, tables, until=until, on_progress=on_progress)
+        runner = Runner(
+            self,
+            projection,
+            consumer,
+            tables,
+            until=until,
+            on_progress=on_progress,
+            batch_size=max(self.batch_size, BUILD_BATCH),
+        )
         runner.state = State.RUNNING
         await runner.run()
         if runner.state is State.FAILED:
             assert runner.error is not None
             raise ProjectionFailed(runner.error)
         # Indexed once filled (`Projection.index_sql`); a later round keeps them up.
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-            await _index(conn, projection, tables)
+        await _index_side_by_side(self.pool, projection, tables)
         return runner.position
 
     # ---- read-your-writes and status ----------------------------------------------------
@@ -556,5 +568,24 @@ async def _index(
     tables: Tables,
 ) -> None:
     """Create the projection's secondary indexes on `tables`, if it has any."""
-    if sql := projection.index_sql(tables):
-        await conn.execute(sql)
+    for statement in projection.index_sql(tables):
+        await conn.execute(statement)
+
+
+async def _index_side_by_side(pool: asyncpg.Pool, projection: Projection, tables: Tables) -> None:
+    """Index freshly filled tables on several connections at once, one index a transaction:
+    PostgreSQL builds a GIN index on one core, and the leads view's took 5.3 s one after
+    another at 200,000 leads against 3.0 s for its slowest alone."""
+    statements = iter(projection.index_sql(tables))
+
+    async def build() -> None:
+        async with pool.acquire() as conn:
+            for statement in statements:
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+                    await conn.execute(statement)
+
+    side_by_side = max(1, min(len(projection.index_sql(tables)), os.cpu_count() or 1, 4))
+    async with asyncio.TaskGroup() as group:
+        for _ in range(side_by_side):
+            group.create_task(build())
