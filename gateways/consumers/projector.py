@@ -62,6 +62,7 @@ class Projector:
         poll_interval: float | None = None,
         idle_flush: float = 1.0,
         tail: LogTail | None = None,
+        build_batch_size: int = BUILD_BATCH,
     ) -> None:
         """`idle_flush`: how long a checkpoint advanced only past events a projection does
         not read may stay uncommitted (in-process `wait_for` sees it at once; other
@@ -78,6 +79,7 @@ class Projector:
             else LogTail(log, store, wakeups=lambda: (log.generation, self.wakeup.generation))
         )
         self.batch_size = batch_size
+        self.build_batch_size = build_batch_size
         self.poll_interval = log.poll_interval if poll_interval is None else poll_interval
         self.idle_flush = idle_flush
         # Our own LISTEN rather than the log's: waiting here must be cancellable at any point.
@@ -310,7 +312,7 @@ class Projector:
             tables,
             until=until,
             on_progress=on_progress,
-            batch_size=max(self.batch_size, BUILD_BATCH),
+            batch_size=self.build_batch_size,
         )
         runner.state = State.RUNNING
         await runner.run()

@@ -14,7 +14,7 @@ import pytest
 from gateways.bootstrap import Engine
 from gateways.consumers.consumer_state import State
 from gateways.consumers.projector import Projector
-from gateways.consumers.rebuild import RebuildError, rebuild
+from gateways.consumers.rebuild import RebuildError, analyze_log_if_stale, rebuild
 from gateways.settings import Settings
 from projections.leads import LeadList
 from tests.conftest import Servers, leadlog_cli
@@ -63,7 +63,8 @@ async def test_readers_never_see_an_empty_or_partial_view_during_a_rebuild(
         last = await add(client, ws, f"Lead {i}")
     before = await board_count(client, ws, last["position"])
     assert before == 60
-    engine.projector.batch_size = 5  # many small batches: the readers get many looks in
+    # Many small batches: the readers get many looks in.
+    engine.projector.batch_size = engine.projector.build_batch_size = 5
     rebuilding = asyncio.Event()
     done = asyncio.Event()
     seen: list[tuple[int, int, bool]] = []  # board count, view count, during the rebuild
@@ -136,6 +137,12 @@ async def test_readers_never_see_an_empty_or_partial_view_during_a_rebuild(
         f"leads_v{V + 1}",
     )
     assert analysed
+    # The log too, before the build read it (it had no statistics, or only old ones).
+    log_analysed = await engine.pool.fetchval(
+        "SELECT coalesce(last_analyze, last_autoanalyze) IS NOT NULL FROM pg_stat_user_tables "
+        "WHERE schemaname = current_schema() AND relname = 'events'"
+    )
+    assert log_analysed
     assert (
         await engine.pool.fetchval(
             f"SELECT count(*) FROM tracking WHERE consumer = 'projection:leads:v{V + 1}'"
@@ -170,7 +177,7 @@ async def test_an_interrupted_rebuild_resumes_or_restarts(
 ) -> None:
     for i in range(30):
         await add(client, ws, f"Lead {i}")
-    engine.projector.batch_size = 3
+    engine.projector.batch_size = engine.projector.build_batch_size = 3
     halfway = asyncio.Event()
     reached: list[int] = []
 
@@ -247,7 +254,7 @@ async def test_a_second_rebuild_at_the_same_time_is_refused(
 ) -> None:
     for i in range(20):
         await add(client, ws, f"Lead {i}")
-    engine.projector.batch_size = 2
+    engine.projector.batch_size = engine.projector.build_batch_size = 2
     started = asyncio.Event()
     first = asyncio.create_task(
         rebuild(engine.projector, LeadList(), on_progress=lambda p, h: started.set())
@@ -360,3 +367,20 @@ async def test_a_new_version_waiting_elsewhere_takes_over_after_the_rebuild(
         assert engine.projector.tables("leads")["leads"] == f"leads_v{V}"
     finally:
         await waiting.stop()
+
+
+async def test_a_rebuild_analyses_a_log_without_statistics_first(
+    client: httpx.AsyncClient, ws: dict[str, Any], engine: Engine
+) -> None:
+    for n in range(5):
+        await add(client, ws, f"Stats {n}")
+    await engine.pool.execute("ANALYZE events")
+    async with engine.pool.acquire() as conn:
+        assert await analyze_log_if_stale(conn) is False  # fresh statistics: left alone
+    # A log without statistics (as after a bulk load with autovacuum off) is analysed.
+    await engine.pool.execute("UPDATE pg_class SET reltuples = -1 WHERE oid = 'events'::regclass")
+    async with engine.pool.acquire() as conn:
+        assert await analyze_log_if_stale(conn) is True
+    assert await engine.pool.fetchval(
+        "SELECT reltuples >= 0 FROM pg_class WHERE oid = 'events'::regclass"
+    )
