@@ -124,6 +124,17 @@ def phone_search(text: str, region: str) -> PhoneSearch:
     return PhoneSearch(keys, whole=reason == ValidationResult.IS_POSSIBLE)
 
 
+_WHOLE_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+
+
+def email_search(text: str) -> str | None:
+    """The address a search for a whole email address looks up, lowercased; None for any
+    other text. Such a search finds the leads whose email is that address (by index), not
+    every lead whose name, email, phone or company contains the text."""
+    text = text.strip()
+    return text.lower() if _WHOLE_EMAIL.fullmatch(text) else None
+
+
 def phone_digits(*numbers: str | None) -> str:
     """What phone search matches against: the digits of each form of the number, spaced."""
     return " ".join("".join(c for c in n if c.isdigit()) for n in numbers if n)

@@ -178,6 +178,7 @@ class LeadList(Projection):
             f"""CREATE INDEX IF NOT EXISTS {t}_phone_forms
                 ON {t} USING gin (string_to_array(phone_digits, ' ')) WITH ({GIN})""",
             trigram_index(f"{t}_phone_digits", t, "phone_digits", GIN),
+            f"CREATE INDEX IF NOT EXISTS {t}_email ON {t} (workspace_id, lower(email))",
             f"""CREATE INDEX IF NOT EXISTS {t}_board
                 ON {t} (workspace_id, pipeline_id, stage_id, created_at DESC, id DESC)""",
             f"""CREATE INDEX IF NOT EXISTS {t}_workspace_created

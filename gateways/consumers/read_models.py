@@ -13,6 +13,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from domain.normalize import email_search
 from domain.pipelines import Pipeline
 from gateways.consumers.projector import Projector
 from handlers.ports import EventStore
@@ -135,7 +136,10 @@ class LeadFilter:
                 if self.return_open
                 else "return_status IS DISTINCT FROM 'open'"
             )
-        if self.search:
+        address = email_search(self.search) if self.search else None
+        if address is not None:
+            conditions.append(f"lower(email) = {arg(address)}")
+        elif self.search:
             # Partial, case-insensitive, over name, email, phone and company; LIKE wildcards
             # typed by the user are matched literally. A phone-like search also matches the
             # phone's digits, however the number was formatted.

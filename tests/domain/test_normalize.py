@@ -7,7 +7,7 @@ import string
 
 from email_validator import EmailNotValidError, validate_email
 
-from domain.normalize import normalise_email, normalise_phone, plainly_valid
+from domain.normalize import email_search, normalise_email, normalise_phone, plainly_valid
 
 
 def library_says_valid(email: str) -> bool:
@@ -73,3 +73,9 @@ def test_phone_is_e164_in_the_workspace_region() -> None:
     assert normalise_phone("020 7946 0958", "GB").normal == "+442079460958"
     unreadable = normalise_phone("12", "US")
     assert (unreadable.normal, unreadable.valid) == (None, False)
+
+
+def test_a_search_for_a_whole_address_is_an_exact_lookup() -> None:
+    assert email_search("  Ann.Lee+x@Example.CO.uk ") == "ann.lee+x@example.co.uk"
+    for part in ("ann@", "@example.com", "ann@example", "ann lee@example.com", "a@b@c.com", ""):
+        assert email_search(part) is None, part

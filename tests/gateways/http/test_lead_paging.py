@@ -228,6 +228,39 @@ async def test_searches_use_the_trigram_indexes(
     assert found["total"] == 1
 
 
+async def test_a_whole_email_address_is_looked_up_exactly_by_its_index(
+    client: httpx.AsyncClient, ws: dict[str, Any], engine: Engine
+) -> None:
+    for i in range(12):
+        last = await add(client, ws, name=f"Mail {i}", email=f"m{i}@mail.example.com")
+    async with engine.pool.acquire() as conn:
+        await conn.execute("SET enable_seqscan = off")
+        try:
+            plan = "\n".join(
+                row[0]
+                for row in await conn.fetch(
+                    "EXPLAIN SELECT id FROM leads WHERE workspace_id = $1::uuid "
+                    "AND lower(email) = 'm11@mail.example.com'",
+                    ws["id"],
+                )
+            )
+        finally:
+            await conn.execute("RESET enable_seqscan")
+    assert "_email" in plan, plan
+    after = last["position"]
+    found = await leads(client, ws, search="  M11@Mail.Example.COM ", after=after)
+    assert [i["email"] for i in found["items"]] == ["m11@mail.example.com"]
+    # Exactly that address: not every address that ends with it…
+    assert (await leads(client, ws, search="1@mail.example.com", after=after))["total"] == 0
+    # …while part of an address is still looked for inside every lead's text.
+    partial = await leads(client, ws, search="m1", after=after)
+    assert {i["email"] for i in partial["items"]} == {
+        "m1@mail.example.com",
+        "m10@mail.example.com",
+        "m11@mail.example.com",
+    }
+
+
 async def test_while_the_counts_are_missing_reads_answer_503_and_the_dashboard_waits(
     client: httpx.AsyncClient, ws: dict[str, Any], engine: Engine
 ) -> None:
