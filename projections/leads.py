@@ -382,8 +382,13 @@ class LeadList(Projection):
 
 
 def _json(value: object) -> str:
-    """A `jsonb` parameter; orjson, as the stdlib encoder was a twentieth of a rebuild."""
-    return orjson.dumps(value).decode()
+    """A `jsonb` parameter; orjson, as the stdlib encoder was a twentieth of a rebuild. A
+    number orjson cannot write (an integer past 64 bits: `1e29` comes back from `jsonb` as
+    one) goes through the stdlib encoder, which writes it as PostgreSQL stored it."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 async def _count(db: ProjectionDb, table: str, counts: Counter[CountKey]) -> None:

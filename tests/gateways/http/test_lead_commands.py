@@ -230,6 +230,26 @@ async def test_update_fields_and_tags_records_user_and_old_new(
     assert {"field": "company", "old": "Old Co", "new": "New Co"} in entry.changes
 
 
+async def test_a_custom_field_past_64_bits_survives_an_update_of_the_view(
+    client: httpx.AsyncClient, ws: dict[str, Any], engine: Engine
+) -> None:
+    """`1e29` is a float in the event, but the view's `jsonb` gives it back as an integer
+    orjson cannot write: the update that re-writes the lead's custom fields must not stop
+    the leads view (the fuzzer found it did)."""
+    lead = await add(client, ws, name="Big", customFields={"reach": 1.2345678901234568e29})
+    patched = await client.patch(
+        f"/v1/leads/{lead['id']}", json={"customFields": {"size": "L"}}, headers=ws["h"]
+    )
+    assert patched.status_code == 200, patched.text
+    [row] = await listed(client, ws, patched.json()["position"], search="big")
+    assert row["customFields"]["size"] == "L"
+    assert row["customFields"]["reach"] == pytest.approx(1.2345678901234568e29)
+    errors = await engine.pool.fetch(
+        "SELECT error FROM consumer_errors WHERE consumer = 'projection:leads'"
+    )
+    assert [e["error"] for e in errors] == []
+
+
 async def test_delete_hides_and_restore_brings_back(
     client: httpx.AsyncClient, ws: dict[str, Any], engine: Engine
 ) -> None:
