@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.campaigns import UnknownCampaign
 from domain.workspaces import InvalidName
+from gateways.consumers.read_models import ViewBehind, ViewNeedsRebuild
 from gateways.postgres.errors import (
     RETRY_AFTER_SECONDS,
     describe,
@@ -128,6 +129,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConcurrencyConflict)
     async def conflict(_: Request, error: ConcurrencyConflict) -> JsonResponse:
         return error_response(409, "conflict", str(error))
+
+    @app.exception_handler(ViewBehind)
+    async def view_not_ready(_: Request, error: ViewBehind) -> JsonResponse:
+        # A command that consults a view (a pipeline's stages that still hold leads) when
+        # the view is behind, stopped at a failing event or waiting for its rebuild.
+        code = "view_rebuild_needed" if isinstance(error, ViewNeedsRebuild) else "view_behind"
+        return error_response(503, code, str(error))
 
     @app.exception_handler(ReservationTaken)
     async def taken(_: Request, error: ReservationTaken) -> JsonResponse:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from domain.pipelines import InvalidPipeline, Pipeline, Stage, StageType
 from domain.workspaces import Workspace
-from gateways.consumers.read_models import LeadsInStagesView
+from gateways.consumers.read_models import LeadsInStagesView, ViewBehind
 from gateways.web.routes import csrf_guard
 from gateways.web.session import SignedIn, require_user, web_of
 from gateways.web.settings_common import can_manage, form_lists, one, refused, settings_page
@@ -104,6 +104,10 @@ async def _edit(
         return await render(request, signed, {"page": problem(error)}, 404)
     except (InvalidPipeline, ValidationError, ValueError) as error:
         return await render(request, signed, {key: problem(error)}, 422)
+    except ViewBehind:
+        # Which leads the removed stages hold is not known yet: nothing was changed.
+        message = "The board is catching up; nothing was changed. Try again in a moment."
+        return await render(request, signed, {key: message}, 503)
     engine.intake.forget(signed.workspace_id)
     return _back(pipeline_id)
 

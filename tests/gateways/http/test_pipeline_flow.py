@@ -6,13 +6,18 @@ between pipelines, one at a time and in bulk, with the boards following."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 from uuid import UUID
 
 import httpx
+import pytest
 
-from domain.workspaces import Workspace
+from domain.workspaces import Role, Workspace
 from gateways.bootstrap import Engine
+from gateways.consumers.read_models import LeadsInStagesView, ViewBehind, ViewNeedsRebuild
+from gateways.web.passwords import Argon2Hasher
+from handlers.users import create_user
 from tests.gateways.http.test_lead_commands import add, history, of_type, stage
 
 
@@ -480,3 +485,52 @@ async def test_pipeline_moves_refuse_with_the_reason(
     assert foreign_stage in message
     # nothing moved
     assert (await read_lead(client, ws, lead["id"]))["pipelineId"] == ws["pipeline"]["id"]
+
+
+async def test_changing_stages_while_the_leads_view_is_not_ready_is_a_503(
+    client: httpx.AsyncClient, ws: dict[str, Any], engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removing a stage asks the leads view which leads it holds. A view behind (or stopped
+    at a failing event, or waiting for its rebuild) cannot say: 503, nothing changed; in
+    the API and on the settings page alike."""
+    email, password = "pia@acme.example", "a long passphrase"
+    await create_user(
+        engine.store, UUID(ws["id"]), "Pia", email, "pia", Role.MANAGER, password, Argon2Hasher()
+    )
+    pipeline = ws["pipeline"]
+    kept = [{"id": s["id"], "name": s["name"]} for s in pipeline["stages"][:-1]]
+    for error, code in (
+        (ViewBehind("leads has not reached position 9"), "view_behind"),
+        (ViewNeedsRebuild("leads needs a rebuild"), "view_rebuild_needed"),
+    ):
+
+        async def not_ready(*_: Any, error: Exception = error) -> list[UUID]:
+            raise error
+
+        monkeypatch.setattr(LeadsInStagesView, "in_stages", not_ready)
+        answer = await client.patch(
+            f"/v1/lead-pipelines/{pipeline['id']}", json={"stages": kept}, headers=ws["h"]
+        )
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == code
+        assert answer.headers["Retry-After"]
+    form = await client.get("/login")
+    found = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert found is not None
+    signed = await client.post(
+        "/login", data={"email": email, "password": password, "csrf_token": found[1]}
+    )
+    assert signed.status_code == 303, signed.text
+    page = await client.get("/settings/pipelines")
+    token = re.search(r'"X-CSRF-Token": ?"([^"]+)"', page.text.replace("&#34;", '"'))
+    assert token is not None, page.text[:2000]
+    removed = await client.post(
+        f"/settings/pipelines/{pipeline['id']}/stages/{pipeline['stages'][-1]['id']}/remove",
+        data={"csrf_token": token[1]},
+    )
+    assert removed.status_code == 503, removed.text[:500]
+    assert "catching up; nothing was changed" in removed.text
+    monkeypatch.undo()
+    listed = await client.get("/v1/lead-pipelines", headers=ws["h"])
+    [after] = [p for p in listed.json()["items"] if p["id"] == pipeline["id"]]
+    assert [s["id"] for s in after["stages"]] == [s["id"] for s in pipeline["stages"]]
