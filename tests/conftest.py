@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import structlog
 
+from domain.workspaces import Role
 from gateways.bootstrap import Engine, start_engine
 from gateways.embedded.stack import EmbeddedStack
 from gateways.http.app import create_app
@@ -26,7 +28,9 @@ from gateways.postgres.database import open_pool
 from gateways.postgres.event_store import PostgresEventStore
 from gateways.postgres.log_store import PostgresLog
 from gateways.settings import Settings
+from gateways.web.passwords import Argon2Hasher
 from gateways.workers import build_workers
+from handlers.users import create_user
 
 
 def log_through_stdlib() -> None:
@@ -227,6 +231,24 @@ async def make_user(
     assert created.status_code == 201, created.text
     body: dict[str, Any] = created.json()
     return body
+
+
+async def sign_in_manager(
+    client: httpx.AsyncClient, engine: Engine, workspace_id: str, email: str
+) -> None:
+    """A manager of the workspace, signed in to the web app on `client` (its cookie kept)."""
+    password = "a long passphrase"
+    await create_user(
+        engine.store, uuid.UUID(workspace_id), "Manager", email, email.partition("@")[0],
+        Role.MANAGER, password, Argon2Hasher(),
+    )  # fmt: skip
+    form = await client.get("/login")
+    found = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert found is not None, form.text[:500]
+    signed = await client.post(
+        "/login", data={"email": email, "password": password, "csrf_token": found[1]}
+    )
+    assert signed.status_code == 303, signed.text
 
 
 async def make_campaign(

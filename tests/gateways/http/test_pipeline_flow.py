@@ -13,11 +13,10 @@ from uuid import UUID
 import httpx
 import pytest
 
-from domain.workspaces import Role, Workspace
+from domain.workspaces import Workspace
 from gateways.bootstrap import Engine
 from gateways.consumers.read_models import LeadsInStagesView, ViewBehind, ViewNeedsRebuild
-from gateways.web.passwords import Argon2Hasher
-from handlers.users import create_user
+from tests.conftest import sign_in_manager
 from tests.gateways.http.test_lead_commands import add, history, of_type, stage
 
 
@@ -493,10 +492,6 @@ async def test_changing_stages_while_the_leads_view_is_not_ready_is_a_503(
     """Removing a stage asks the leads view which leads it holds. A view behind (or stopped
     at a failing event, or waiting for its rebuild) cannot say: 503, nothing changed; in
     the API and on the settings page alike."""
-    email, password = "pia@acme.example", "a long passphrase"
-    await create_user(
-        engine.store, UUID(ws["id"]), "Pia", email, "pia", Role.MANAGER, password, Argon2Hasher()
-    )
     pipeline = ws["pipeline"]
     kept = [{"id": s["id"], "name": s["name"]} for s in pipeline["stages"][:-1]]
     for error, code in (
@@ -514,13 +509,7 @@ async def test_changing_stages_while_the_leads_view_is_not_ready_is_a_503(
         assert answer.status_code == 503, answer.text
         assert answer.json()["error"]["code"] == code
         assert answer.headers["Retry-After"]
-    form = await client.get("/login")
-    found = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
-    assert found is not None
-    signed = await client.post(
-        "/login", data={"email": email, "password": password, "csrf_token": found[1]}
-    )
-    assert signed.status_code == 303, signed.text
+    await sign_in_manager(client, engine, ws["id"], "pia@acme.example")
     page = await client.get("/settings/pipelines")
     token = re.search(r'"X-CSRF-Token": ?"([^"]+)"', page.text.replace("&#34;", '"'))
     assert token is not None, page.text[:2000]
