@@ -38,6 +38,8 @@ router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_guard)])
 Signed = Annotated[SignedIn, Depends(require_user)]
 
 TIMELINE_PAGE = 20
+# A refresh of an open drawer keeps the older entries opened, up to this many.
+KEPT_ON_REFRESH = 500
 # How long a command's re-render waits for the timeline to show it (as the API's `after`).
 MAX_WAIT = 5.0
 TIMELINE = LeadTimeline.name
@@ -138,9 +140,12 @@ async def load_timeline(
     everything: bool,
     before: int | None = None,
     after: int = 0,
+    down_to: int | None = None,
 ) -> Timeline:
     """A page of the lead's timeline, newest first, from the read model `GET
-    /v1/leads/{id}/timeline` reads (waiting for it to reach `after`, a command's position)."""
+    /v1/leads/{id}/timeline` reads (waiting for it to reach `after`, a command's position).
+    With `down_to`, every entry from there up (at most `KEPT_ON_REFRESH`): a refresh keeps
+    the older entries the person had opened."""
     found = Timeline(lead_id, everything)
     if after > 0 and not await engine.projector.wait_for(TIMELINE, after, MAX_WAIT):
         found.behind = True
@@ -153,18 +158,27 @@ async def load_timeline(
     if before is not None:
         args.append(before)
         conditions.append(f"position < ${len(args)}")
-    args.append(TIMELINE_PAGE + 1)
+    size = TIMELINE_PAGE
     async with engine.pool.acquire() as conn:
         head = await conn.fetchval(f"SELECT max(position) FROM {table} WHERE lead_id = $1", lead_id)
         found.head = max(int(head or 0), after)
+        if down_to is not None:
+            shown = await conn.fetchval(
+                f"SELECT count(*) FROM {table} WHERE {' AND '.join(conditions)} "
+                f"AND position >= ${len(args) + 1}",
+                *args,
+                down_to,
+            )
+            size = min(max(size, int(shown)), KEPT_ON_REFRESH)
+        args.append(size + 1)
         rows = await conn.fetch(
             f"""SELECT position, event_type, occurred_at, actor, summary, changes, category
                   FROM {table} WHERE {" AND ".join(conditions)}
                  ORDER BY position DESC LIMIT ${len(args)}""",
             *args,
         )
-    if len(rows) > TIMELINE_PAGE:
-        rows = rows[:TIMELINE_PAGE]
+    if len(rows) > size:
+        rows = rows[:size]
         found.older = rows[-1]["position"]
     entries = []
     wanted: set[UUID] = set()
@@ -199,6 +213,7 @@ async def load_drawer(
     lead_id: UUID,
     everything: bool = False,
     after: int = 0,
+    down_to: int | None = None,
 ) -> Drawer:
     store = engine.store
     ws = signed.workspace_id
@@ -226,7 +241,9 @@ async def load_drawer(
             ((str(u.id), u.name) for u in people if u.active), key=lambda u: u[1].casefold()
         ),
         statuses=statuses,
-        timeline=await load_timeline(engine, ws, lead_id, users, everything, after=after),
+        timeline=await load_timeline(
+            engine, ws, lead_id, users, everything, after=after, down_to=down_to
+        ),
         can_manage=signed.principal.can(Permission.LEADS_MANAGE),
     )
 
@@ -252,6 +269,12 @@ def _everything(request: Request, form: dict[str, str] | None = None) -> bool:
     return value in ("1", "true", "on")
 
 
+def _down_to(request: Request) -> int | None:
+    """`down_to`: the oldest entry an open drawer shows, kept by its refresh (a position)."""
+    value = request.query_params.get("down_to", "")
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
+
+
 @router.get("/board/leads/{lead_id}")
 async def drawer(request: Request, lead_id: str, signed: Signed) -> Response:
     """The drawer's content (htmx); opened as a page, the board with the drawer open."""
@@ -262,7 +285,9 @@ async def drawer(request: Request, lead_id: str, signed: Signed) -> Response:
         return _not_found(request, lead_id)
     web_engine: Engine = request.app.state.web.engine
     try:
-        shown = await load_drawer(web_engine, signed, found_id, _everything(request))
+        shown = await load_drawer(
+            web_engine, signed, found_id, _everything(request), down_to=_down_to(request)
+        )
     except LeadNotFound:
         return _not_found(request, lead_id)
     return page(request, "_drawer.html", {"d": shown, "signed": signed})

@@ -39,7 +39,15 @@
   function load(leadId, focus) {
     ensureDrawer();
     stale = 0;
-    var url = "/board/leads/" + encodeURIComponent(leadId) + (showAll() && shownLead === leadId ? "?all=1" : "");
+    var query = new URLSearchParams();
+    if (shownLead === leadId) {
+      // A refresh: keep the toggle, and the older entries opened.
+      if (showAll()) query.set("all", "1");
+      var shown = drawer.querySelectorAll("[data-timeline-entry]");
+      var oldest = shown.length ? parseInt(shown[shown.length - 1].dataset.position || "", 10) : NaN;
+      if (oldest > 0) query.set("down_to", String(oldest));
+    }
+    var url = "/board/leads/" + encodeURIComponent(leadId) + (query.toString() ? "?" + query.toString() : "");
     shownLead = leadId;
     drawer.dataset.leadId = leadId;
     drawer.hidden = false;

@@ -213,6 +213,10 @@ def test_the_timeline_toggle_and_older_entries(page: Any, shop: dict[str, Any]) 
     expect(entries.first).to_contain_text("Note added")
     until(lambda: entries.count() == 20)
     assert entries.count() == 20
+    # Caught up with the last note (the page may have opened on a timeline a note behind,
+    # and refreshed itself since), and not in the middle of a refresh.
+    expect(drawer.locator(".notes li").first).to_contain_text("note 21")
+    expect(drawer.locator(".htmx-request")).to_have_count(0)
     drawer.locator(".older button").click()
     total = shop["http"].get(f"/v1/leads/{lead_id}/timeline", headers=shop["headers"])
     expect(entries).to_have_count(total.json()["total"])
@@ -246,6 +250,15 @@ def test_the_timeline_toggle_and_older_entries(page: Any, shop: dict[str, Any]) 
     expect(drawer.locator("[data-timeline-toggle]")).to_be_checked()
     expect(drawer.locator(".notes li").first).to_contain_text("from the API", timeout=15_000)
     expect(entries.first).to_contain_text("from the API", timeout=15_000)
+    # A refresh keeps the older entries that were open (the toggle opened a first page).
+    drawer.locator(".older button").click()
+    expect(entries).to_have_count(total.json()["total"] + 1)
+    added = shop["http"].post(
+        f"/v1/leads/{lead_id}/notes", json={"value": "once more"}, headers=shop["headers"]
+    )
+    assert added.status_code == 201, added.text
+    expect(entries.first).to_contain_text("once more", timeout=15_000)
+    expect(entries).to_have_count(total.json()["total"] + 2)
 
 
 def test_a_viewer_sees_no_controls_and_cannot_post(page: Any, shop: dict[str, Any]) -> None:
