@@ -109,15 +109,23 @@ class Engine:
 
 
 async def connect_nats(url: str, name: str = "leadlog") -> NatsClient:
-    """A NATS connection that keeps reconnecting forever once it has connected."""
+    """A NATS connection that keeps reconnecting forever once it has connected.
+
+    `url` names one server or, separated by commas, several servers of one cluster.
+    """
     return await nats.connect(
-        url,
+        nats_servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
         allow_reconnect=True,
     )
+
+
+def nats_servers(url: str) -> list[str]:
+    """The servers in a NATS URL setting: `nats://a:4222,nats://b:4222` names two."""
+    return [server.strip() for server in url.split(",") if server.strip()]
 
 
 async def start_engine(
