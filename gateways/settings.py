@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     database_schema: str = "leadlog"
     # Prefix of every NATS subject and stream name; tests give each test its own.
     nats_prefix: str = "leadlog"
+    # Copies of each JetStream stream the engine creates (its events, its intake): 3 on a
+    # cluster of three or more, so that losing one server loses neither; 1 on a single server.
+    nats_replicas: int = Field(default=1, ge=1, le=5)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     log_level: str = "info"
     # How often the durable timers (lead abandonment) look for what has come due, in seconds.

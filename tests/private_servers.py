@@ -90,3 +90,57 @@ def started_nats(prefix: str) -> Iterator[PrivateNats]:
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+class PrivateNatsCluster:
+    """nats-servers of the test's own, clustered with JetStream: any one can be crashed."""
+
+    def __init__(self, base: Path, size: int) -> None:
+        routes = [free_port() for _ in range(size)]
+        self.ports = [free_port() for _ in range(size)]
+        self.nodes: list[NatsServer] = []
+        for index, route in enumerate(routes):
+            folder = base / f"node-{index}"
+            folder.joinpath("store").mkdir(parents=True)
+            cluster = [
+                "--cluster_name",
+                "leadlog-test",
+                "--cluster",
+                f"nats://127.0.0.1:{route}",
+                "--routes",
+                ",".join(f"nats://127.0.0.1:{port}" for port in routes if port != route),
+            ]
+            name = f"node-{index}"
+            log = folder / "nats.log"
+            self.nodes.append(NatsServer(folder, folder / "store", log, name=name, cluster=cluster))
+        nodes = zip(self.nodes, self.ports, strict=True)
+        self.url = ",".join(node.url(port) for node, port in nodes)
+
+    def start(self) -> None:
+        for node, port in zip(self.nodes, self.ports, strict=True):
+            node.start(port)
+
+    def crash(self, name: str) -> None:
+        """SIGKILL of the node of that server name."""
+        node = next(node for node in self.nodes if node.name == name)
+        process = psutil.Process(int(node.store_dir.joinpath("nats.pid").read_text()))
+        process.kill()
+        process.wait(10)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.stop()
+
+
+@contextlib.contextmanager
+def started_nats_cluster(prefix: str, size: int = 3) -> Iterator[PrivateNatsCluster]:
+    """A private JetStream cluster of `size` nats-servers, started; stopped and removed on exit."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    cluster = PrivateNatsCluster(base, size)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sysconfig
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,21 @@ _NATS_STOP_TIMEOUT = 10.0
 class NatsServer:
     """A nats-server with its JetStream store in ``store_dir`` (plus nats.pid) and its log."""
 
-    def __init__(self, data_dir: Path, store_dir: Path, log: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        store_dir: Path,
+        log: Path,
+        *,
+        name: str = _NATS_SERVER_NAME,
+        cluster: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.store_dir = store_dir
         self.log = log
+        self.name = name
+        # nats-server's clustering flags (--cluster_name, --cluster, --routes), if any.
+        self.cluster = list(cluster)
         self._proc: subprocess.Popen[bytes] | None = None
 
     def url(self, port: int) -> str:
@@ -44,7 +56,7 @@ class NatsServer:
             "-p",
             str(port),
             "-n",
-            _NATS_SERVER_NAME,
+            self.name,
             "-js",
             "-sd",
             str(self.store_dir),
@@ -52,6 +64,7 @@ class NatsServer:
             str(self.log),
             "-P",
             str(self.store_dir / "nats.pid"),
+            *self.cluster,
         ]
         # Errors before logging is set up go to stderr; keep them with the rest of the log.
         with self.log.open("ab") as stderr:
@@ -73,7 +86,7 @@ class NatsServer:
                     f"nats-server exited with code {code} while starting on {HOST}:{port}\n"
                     f"last lines of {self.log}:\n{tail(self.log)}"
                 )
-            if _nats_ready(port):
+            if _nats_ready(port, self.name):
                 return proc.pid
             if time.monotonic() > deadline:
                 raise EmbeddedStackError(
@@ -125,7 +138,7 @@ class NatsServer:
             )
 
 
-def _nats_ready(port: int) -> bool:
+def _nats_ready(port: int, name: str = _NATS_SERVER_NAME) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=1.0) as sock:
             sock.settimeout(1.0)
@@ -145,7 +158,7 @@ def _nats_ready(port: int) -> bool:
     # Someone else's server could answer on a port we lost a race for: check it is ours.
     return (
         isinstance(fields, dict)
-        and fields.get("server_name") == _NATS_SERVER_NAME
+        and fields.get("server_name") == name
         and fields.get("jetstream") is True
     )
 

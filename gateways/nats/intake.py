@@ -260,6 +260,7 @@ class NatsIntake:
         self.process_timeout = process_timeout if process_timeout is not None else ack_wait * 0.8
         self.duplicate_window = duplicate_window
         self.max_age = max_age
+        self.replicas = engine.settings.nats_replicas
         self._epoch = ""
         self._sub: JetStreamContext.PullSubscription | None = None
         self._advisories: Subscription | None = None
@@ -292,6 +293,7 @@ class NatsIntake:
             max_age=self.max_age,
             max_msg_size=self.max_body_bytes,
             duplicate_window=self.duplicate_window,
+            num_replicas=self.replicas,
         )
 
     def consumer_config(self) -> ConsumerConfig:

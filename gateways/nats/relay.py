@@ -159,6 +159,7 @@ class NatsRelay:
         self.publish_timeout = publish_timeout
         self.duplicate_window = duplicate_window
         self.max_age = max_age
+        self.replicas = engine.settings.nats_replicas
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.resume_from_stream = resume_from_stream
@@ -183,6 +184,7 @@ class NatsRelay:
             # Long enough that re-publishing after a crash or an outage dedupes at the server.
             duplicate_window=self.duplicate_window,
             max_age=self.max_age,
+            num_replicas=self.replicas,
         )
 
     async def ensure_stream(self) -> None:
