@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import httpx
+import psutil
 
 from bench.ingest import TOKEN, start_api
 from bench.report import Report
@@ -139,6 +140,19 @@ async def _load(wrk: str, script: str, url: str, connections: int, numbering: in
     )
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds used so far by `leadlog up` and its API processes."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 async def _board_total(conn: asyncpg.Connection, schema: str, workspace: str) -> int:
     value = await conn.fetchval(
         f"SELECT count(*) FROM {schema}.leads WHERE workspace_id = $1::uuid", workspace
@@ -171,6 +185,7 @@ async def bench_end_to_end(
                 )
             ).json()
         url = f"{base}/webhooks/leads/{hook['apiKey']}"
+        cpu_before = _cpu_seconds(process.pid)
         full = await _load(wrk, saturating, url, CONNECTIONS, 0)
         load_ended = time.monotonic()
         while await _board_total(conn, schema, workspace) < full.accepted:
@@ -178,6 +193,7 @@ async def bench_end_to_end(
                 raise RuntimeError("the board did not catch up within 120 s")
             await asyncio.sleep(0.05)
         visible_at = time.monotonic()
+        cpu = _cpu_seconds(process.pid) - cpu_before
         steady = await _load(wrk, paced, url, PACED_CONNECTIONS, 1_000_000_000)
     finally:
         process.terminate()
@@ -197,6 +213,12 @@ async def bench_end_to_end(
     )
     report.add("End to end: leads visible on the board", visible_rate, "leads/s", at_least=3000)
     report.add("End to end: board lag after the load", lag * 1000, "ms")
+    report.add(
+        "End to end: engine CPU per lead (intake and every consumer)",
+        cpu / full.accepted * 1e6,
+        "µs",
+        note="user + system time of every `leadlog up` process, load start to the board",
+    )
     report.add("End to end: HTTP p50 at full load", full.p50_ms, "ms")
     report.add("End to end: HTTP p99 at full load", full.p99_ms, "ms")
     report.add(
