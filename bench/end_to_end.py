@@ -153,6 +153,23 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _servers_cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this machine's PostgreSQL and NATS processes (shared or
+    embedded alike), by program; a server elsewhere counts nothing."""
+    totals: dict[str, float] = {}
+    for process in psutil.process_iter(["name"]):
+        name = process.info["name"] or ""
+        program = next((p for p in ("postgres", "nats-server") if name.startswith(p)), None)
+        if program is None:
+            continue
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        totals[program] = totals.get(program, 0.0) + times.user + times.system
+    return totals
+
+
 async def _board_total(conn: asyncpg.Connection, schema: str, workspace: str) -> int:
     value = await conn.fetchval(
         f"SELECT count(*) FROM {schema}.leads WHERE workspace_id = $1::uuid", workspace
@@ -186,6 +203,7 @@ async def bench_end_to_end(
             ).json()
         url = f"{base}/webhooks/leads/{hook['apiKey']}"
         cpu_before = _cpu_seconds(process.pid)
+        servers_before = _servers_cpu_seconds()
         full = await _load(wrk, saturating, url, CONNECTIONS, 0)
         load_ended = time.monotonic()
         while await _board_total(conn, schema, workspace) < full.accepted:
@@ -194,6 +212,10 @@ async def bench_end_to_end(
             await asyncio.sleep(0.05)
         visible_at = time.monotonic()
         cpu = _cpu_seconds(process.pid) - cpu_before
+        servers_cpu = {
+            name: seconds - servers_before.get(name, 0.0)
+            for name, seconds in _servers_cpu_seconds().items()
+        }
         steady = await _load(wrk, paced, url, PACED_CONNECTIONS, 1_000_000_000)
     finally:
         process.terminate()
@@ -218,6 +240,15 @@ async def bench_end_to_end(
         cpu / full.accepted * 1e6,
         "µs",
         note="user + system time of every `leadlog up` process, load start to the board",
+    )
+    report.add(
+        "End to end: server CPU per lead (PostgreSQL and NATS on this machine)",
+        sum(servers_cpu.values()) / full.accepted * 1e6,
+        "µs",
+        note=", ".join(
+            f"{name} {seconds / full.accepted * 1e6:,.0f} µs"
+            for name, seconds in sorted(servers_cpu.items())
+        ),
     )
     report.add("End to end: HTTP p50 at full load", full.p50_ms, "ms")
     report.add("End to end: HTTP p99 at full load", full.p99_ms, "ms")
