@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import psutil
 
@@ -79,17 +80,31 @@ class PrivateNats:
         self.server.stop()
 
 
+class _Server(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
 @contextlib.contextmanager
-def started_nats(prefix: str) -> Iterator[PrivateNats]:
-    """A private nats-server, started; stopped and its files removed on exit."""
+def _started(prefix: str, make: Callable[[Path], S]) -> Iterator[S]:
+    """`make`'s servers in a folder of their own, started; stopped and removed on exit."""
     base = Path(tempfile.mkdtemp(prefix=prefix))
-    server = PrivateNats(base)
+    server = make(base)
     try:
         server.start()
         yield server
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def started_nats(prefix: str) -> contextlib.AbstractContextManager[PrivateNats]:
+    """A private nats-server, started; stopped and its files removed on exit."""
+    return _started(prefix, PrivateNats)
 
 
 class PrivateNatsCluster:
@@ -133,14 +148,8 @@ class PrivateNatsCluster:
                 node.stop()
 
 
-@contextlib.contextmanager
-def started_nats_cluster(prefix: str, size: int = 3) -> Iterator[PrivateNatsCluster]:
+def started_nats_cluster(
+    prefix: str, size: int = 3
+) -> contextlib.AbstractContextManager[PrivateNatsCluster]:
     """A private JetStream cluster of `size` nats-servers, started; stopped and removed on exit."""
-    base = Path(tempfile.mkdtemp(prefix=prefix))
-    cluster = PrivateNatsCluster(base, size)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    return _started(prefix, lambda base: PrivateNatsCluster(base, size))
