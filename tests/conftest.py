@@ -272,9 +272,14 @@ os.environ.setdefault("LEADLOG_ALLOW_PRIVATE_WEBHOOK_TARGETS", "1")
 
 
 def leadlog_cli(
-    servers: Servers, settings: Settings, *args: str, timeout: float = 180
+    servers: Servers,
+    settings: Settings,
+    *args: str,
+    timeout: float = 180,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`leadlog ARGS` in a subprocess, against the test's servers, schema and NATS prefix."""
+    """`leadlog ARGS` in a subprocess, against the test's servers, schema and NATS prefix
+    (and any other LEADLOG_* settings in `extra_env`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEADLOG_")}
     env.update(
         LEADLOG_DATABASE_URL=servers.database_url,
@@ -282,6 +287,7 @@ def leadlog_cli(
         LEADLOG_DATABASE_SCHEMA=settings.database_schema,
         LEADLOG_NATS_PREFIX=settings.nats_prefix,
         COLUMNS="250",
+        **(extra_env or {}),
     )
     return subprocess.run(
         [str(Path(sys.executable).parent / "leadlog"), *args],

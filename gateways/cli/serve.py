@@ -33,6 +33,7 @@ from gateways.cli.processes import (
 from gateways.embedded.stack import EmbeddedStackError, StackAlreadyRunning
 from gateways.http.app import create_app
 from gateways.logs import configure_logging
+from gateways.nats.streams import StreamRefused
 from gateways.servers import ServerUrls, admin_token, server_urls
 from gateways.settings import Settings
 from gateways.web.live import stop_streams
@@ -272,6 +273,8 @@ def _run(
         urls = ServerUrls(settings.database_url, settings.nats_url, embedded=False)
         try:
             uvloop.run(_serve(settings, urls, None, http=False, workers=True))
+        except StreamRefused as error:
+            raise fail(str(error)) from None
         except (OSError, ConnectionError) as error:
             raise fail(f"cannot reach PostgreSQL or NATS: {error}") from None
         return
@@ -291,7 +294,7 @@ def _run(
             )
     except PortInUse:
         raise _port_in_use(settings) from None
-    except StackAlreadyRunning as error:
+    except (StackAlreadyRunning, StreamRefused) as error:
         raise fail(str(error)) from None
     except EmbeddedStackError as error:
         raise fail(f"the embedded servers did not start: {error}") from None

@@ -26,12 +26,13 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from pydantic import ValidationError
 
 from domain.dead_letters import Reason
 from domain.leads import LeadDetails, MissingName, Source
 from gateways.bootstrap import Engine
+from gateways.nats.streams import ensure_stream
 from gateways.postgres.errors import after_failure, describe
 from handlers.dead_letters import Letter, record_dead_letter
 from handlers.intake import (
@@ -56,7 +57,6 @@ RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 MAX_BACKOFF = 600.0
 # Pauses (first, longest) between tries of a message held while the database is away.
 UNAVAILABLE_BACKOFF = (0.25, 5.0)
-STREAM_NAME_IN_USE = 10058
 MAX_SUBJECTS_KEPT = 10_000
 # What intake refuses a lead for before writing anything (see `_process` for the reasons).
 _REFUSALS = (MissingName, UnknownCustomer, UnknownCampaign, WorkspaceNotFound)
@@ -316,13 +316,7 @@ class NatsIntake:
 
     async def ensure_stream(self) -> None:
         """Create the stream, or bring an existing one's settings up to date."""
-        config = self.stream_config()
-        try:
-            info = await self.js.add_stream(config)
-        except BadRequestError as error:
-            if error.err_code != STREAM_NAME_IN_USE:
-                raise
-            info = await self.js.update_stream(config)
+        info = await ensure_stream(self.js, self.stream_config())
         # Stream sequences restart when a stream is re-created; keys built from them carry
         # the creation time so that they never collide with an earlier stream's.
         created = info.created

@@ -29,7 +29,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from domain.campaigns import redact_headers
 from domain.channels import redact_credentials
@@ -37,6 +37,7 @@ from domain.lead_types import LeadType
 from domain.partners import Partner
 from domain.users import User
 from gateways.bootstrap import Engine
+from gateways.nats.streams import ensure_stream
 from gateways.postgres.errors import after_failure, describe
 from gateways.postgres.log_store import PostgresLog, Record
 from handlers.ports import Checkpoint, TrackingConflict
@@ -50,7 +51,6 @@ POSITION_HEADER = "Leadlog-Position"
 EVENT_TYPE_HEADER = "Leadlog-Event-Type"
 WORKSPACE_HEADER = "Leadlog-Workspace"
 SYSTEM = "system"
-STREAM_NAME_IN_USE = 10058
 _BAD_TOKEN = re.compile(r"[\s*>]")
 
 
@@ -188,13 +188,7 @@ class NatsRelay:
         )
 
     async def ensure_stream(self) -> None:
-        config = self.stream_config()
-        try:
-            await self.js.add_stream(config)
-        except BadRequestError as error:
-            if error.err_code != STREAM_NAME_IN_USE:
-                raise
-            await self.js.update_stream(config)
+        await ensure_stream(self.js, self.stream_config())
 
     async def stream_last(self) -> tuple[int, str | None]:
         """(log position, event id) of the stream's last message; (0, None) when empty."""
