@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 import psutil
 
-from bench.ingest import TOKEN, start_api
+from bench.ingest import TOKEN, delete_run_streams, start_api
 from bench.report import Report
 
 CONNECTIONS = 64
@@ -220,6 +220,7 @@ async def bench_end_to_end(
     finally:
         process.terminate()
         process.wait(30)
+        await delete_run_streams(nats_url, schema)  # `leadlog up` named them after it
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await conn.close()
         os.unlink(saturating)

@@ -12,7 +12,9 @@ import uuid
 from pathlib import Path
 
 import httpx
+import nats
 import orjson
+from nats.js.client import JetStreamContext
 
 from bench.http_load import run_load
 from bench.report import Report
@@ -20,6 +22,24 @@ from bench.report import Report
 CLIENTS = 64
 SECONDS = 10.0
 TOKEN = "bench-operator-token"
+
+
+async def delete_streams(js: JetStreamContext, prefix: str) -> None:
+    """A run's JetStream streams (named after its NATS prefix): the server keeps them on disk
+    after the run's schema is dropped."""
+    for stream in await js.streams_info():
+        name = stream.config.name or ""
+        if name.upper().startswith(prefix.upper()):
+            await js.delete_stream(name)
+
+
+async def delete_run_streams(nats_url: str, prefix: str) -> None:
+    """`delete_streams` for a run whose engine ran in another process."""
+    nc = await nats.connect(nats_url)
+    try:
+        await delete_streams(nc.jetstream(), prefix)
+    finally:
+        await nc.close()
 
 
 def _free_port() -> int:

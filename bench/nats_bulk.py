@@ -17,6 +17,7 @@ import orjson
 import uvloop
 from nats.js.client import JetStreamContext
 
+from bench.ingest import delete_streams
 from bench.report import Report
 from gateways.bootstrap import start_engine
 from gateways.cli.common import settle_garbage_collector
@@ -123,10 +124,7 @@ async def bench_nats_bulk(report: Report, database_url: str, nats_url: str) -> N
         for child in children:
             child.wait(30)
         await intake.stop()
-        jsm = engine.nats.jetstream()
-        for stream in await jsm.streams_info():
-            if (stream.config.name or "").upper().startswith(prefix.upper()):
-                await jsm.delete_stream(stream.config.name or "")
+        await delete_streams(engine.nats.jetstream(), prefix)
         await engine.pool.execute(f"DROP SCHEMA {settings.database_schema} CASCADE")
         await engine.close()
     report.add(

@@ -12,6 +12,7 @@ import uuid
 
 import uvloop
 
+from bench.ingest import delete_streams
 from bench.receiver import receiver, reply
 from bench.report import Report
 from domain.campaigns import CampaignConfig
@@ -139,11 +140,7 @@ async def _delete_streams(engine: Engine, prefix: str) -> None:
     """The run's JetStream streams: the server keeps them on disk."""
     if engine.nats.is_closed:
         return
-    jsm = engine.nats.jetstream()
-    for stream in await jsm.streams_info():
-        name = stream.config.name or ""
-        if name.upper().startswith(prefix.upper()):
-            await jsm.delete_stream(name)
+    await delete_streams(engine.nats.jetstream(), prefix)
 
 
 async def bench_submissions(
